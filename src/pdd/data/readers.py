@@ -1,0 +1,536 @@
+"""One image file -> float32 HxWx3 in [0, 1], whatever medical format it is stored in.
+
+Formats are recognised by content, not by extension (real datasets ship PNG files named ``.jpg``).
+Supported: PNG (8/16 bit), JPEG, BMP, TIFF (via tifffile), DICOM (via pydicom) and NIfTI
+(``.nii`` / ``.nii.gz`` via nibabel, one axial slice at a time).
+
+Intensity rules, so that every caller sees the same numbers:
+
+- Integer raster images are divided by the maximum of their storage type (255 for 8 bit,
+  65535 for 16 bit), so a 12-bit CT stored in a 16-bit PNG stays dark rather than being stretched
+  per image. Float TIFFs already in [0, 1] are kept; other float and integer types (signed, 32 bit)
+  are min-max scaled per image; float TIFFs with NaN/inf are rejected. TIFF: first page only.
+- DICOM: the modality LUT (RescaleSlope / RescaleIntercept) is applied, then the window given by the
+  caller, else the file's first WindowCenter / WindowWidth, else the image's own min-max.
+  MONOCHROME1 is inverted so that bright always means dense. A constant image scales to all zeros
+  (a defined output, not an error: blank frames exist in real series). NaN/inf after rescaling,
+  missing pixel data and multi-frame files are DataErrors.
+- NIfTI: the volume is reoriented to the closest canonical (RAS) orientation; slice ``k`` is
+  ``volume[:, :, k]`` shown with anterior at the top. Intensities are scaled per *volume* between its
+  0.5th and 99.5th percentiles (robust to a few hot voxels) and clipped; non-finite voxels map to 0;
+  a constant volume scales to all zeros.
+- Grey images are replicated to 3 channels; alpha channels are dropped.
+
+Every unusable file raises :class:`pdd.errors.DataError` whose message is ``"<path>: <problem>"``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pdd.errors import DataError
+
+__all__ = [
+    "MAX_PIXELS",
+    "MAX_VOXELS",
+    "MIN_SIDE",
+    "NIFTI_PERCENTILES",
+    "image_format",
+    "nifti_slice_count",
+    "read_image",
+    "read_mask",
+]
+
+MIN_SIDE = 8
+"""Smallest accepted image side in pixels; anything smaller cannot carry anatomy at model scale."""
+
+MAX_PIXELS = 2**26
+"""Largest accepted image (67,108,864 pixels, e.g. 8192 x 8192): a guard against decompression bombs."""
+
+MAX_VOXELS = 2**28
+"""Largest accepted NIfTI volume (268,435,456 voxels, 1 GiB as float32), checked from the header."""
+
+NIFTI_PERCENTILES = (0.5, 99.5)
+"""Per-volume percentiles mapped to 0 and 1 when reading NIfTI slices."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF"}
+_SNIFF_BYTES = 512
+
+
+def image_format(path: str | Path) -> str | None:
+    """The format of a file judged by its first bytes: png, jpeg, bmp, gif, tiff, dicom, nifti, or None.
+
+    Raises DataError when the file is missing or empty, because no format can be judged then.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open file ({exc.strerror})") from exc
+    if not head:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM") and len(head) >= 26:
+        return "bmp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if _is_nifti_header(head):
+        return "nifti"
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.open(path, "rb") as handle:
+                inner = handle.read(352)
+        except (OSError, EOFError):
+            return None
+        return "nifti" if _is_nifti_header(inner) else None
+    if path.suffix.lower() == ".dcm" and _looks_like_raw_dicom(path):
+        return "dicom"
+    return None
+
+
+def _is_nifti_header(head: bytes) -> bool:
+    """NIfTI-1 (sizeof_hdr 348, magic n+1/ni1) or NIfTI-2 (540, n+2), either byte order."""
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return True
+    return len(head) >= 8 and head[4:7] == b"n+2"
+
+
+def _looks_like_raw_dicom(path: Path) -> bool:
+    """A ``.dcm`` file without the 128-byte preamble, as some exporters write: let pydicom judge."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except Exception:  # pydicom raises many types on garbage; any of them means "not DICOM"
+        return False
+    return "Rows" in ds and "Columns" in ds
+
+
+def read_image(
+    path: str | Path,
+    slice_index: int | None = None,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Read one image (or one NIfTI axial slice) as float32 HxWx3 in [0, 1].
+
+    ``window`` = (center, width) overrides the DICOM file's own window; it is an error for
+    other formats because silently ignoring it would give the user different numbers than asked.
+    """
+    path = Path(path)
+    fmt = _require_format(path)
+    if window is not None and fmt != "dicom":
+        raise DataError(
+            f"{path}: a display window only applies to DICOM files, this is {fmt.upper()}"
+        )
+    if slice_index is not None and fmt != "nifti":
+        raise DataError(
+            f"{path}: a slice index only applies to NIfTI volumes, this is {fmt.upper()}"
+        )
+    if fmt == "dicom":
+        grey_or_rgb = _read_dicom(path, window)
+    elif fmt == "nifti":
+        grey_or_rgb = _scaled_nifti_slice(path, slice_index)
+    else:
+        raw = _read_tiff_raw(path) if fmt == "tiff" else _read_pil_raw(path, fmt)
+        grey_or_rgb = _scale_raster(raw)
+    return _to_rgb(grey_or_rgb)
+
+
+def read_mask(
+    path: str | Path, shape: tuple[int, int], slice_index: int | None = None
+) -> np.ndarray:
+    """Read a ground-truth mask as bool HxW (any nonzero channel = anomalous).
+
+    ``shape`` is the (height, width) of the image the mask belongs to; masks are never resized
+    silently because a size mismatch almost always means the wrong mask was matched.
+    """
+    path = Path(path)
+    fmt = _require_format(path)
+    if fmt == "dicom":
+        raw = _dicom_dataset_pixels(path)[1]
+    elif fmt == "nifti":
+        raw = _nifti_raw_slice(path, slice_index)
+    else:
+        raw = _read_tiff_raw(path) if fmt == "tiff" else _read_pil_raw(path, fmt)
+    mask = raw != 0
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    if mask.shape != tuple(shape):
+        raise DataError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) "
+            f"but its image is {shape[0]}x{shape[1]}"
+        )
+    return mask
+
+
+def _require_format(path: Path) -> str:
+    fmt = image_format(path)
+    if fmt is None:
+        raise DataError(
+            f"{path}: not an image file (content is not PNG, JPEG, BMP, GIF, TIFF, DICOM or NIfTI)"
+        )
+    return fmt
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    if height * width > MAX_PIXELS:
+        raise DataError(
+            f"{path}: image is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS} "
+            "(decompression-bomb guard)"
+        )
+    if min(height, width) < MIN_SIDE:
+        raise DataError(
+            f"{path}: image is {width}x{height} pixels, too small (each side must be at least {MIN_SIDE})"
+        )
+
+
+# --- raster formats (PIL, tifffile) ---------------------------------------------------------
+
+
+def _read_pil_raw(path: Path, fmt: str) -> np.ndarray:
+    """Decoded pixels as stored: HxW or HxWx3 of uint8/uint16/int32/float32, alpha dropped."""
+    name = fmt.upper()
+    try:
+        with warnings.catch_warnings():
+            # Our own MAX_PIXELS check below is stricter than PIL's warning threshold.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=[_PIL_FORMATS[fmt]]) as img:
+                _check_size(path, img.height, img.width)
+                img.load()
+                return _pil_to_array(img)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"{path}: image is larger than {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is "
+            f"{MAX_PIXELS} (decompression-bomb guard)"
+        ) from None
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: truncated or corrupt {name} data") from exc
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+        mode = "RGB"
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)
+    arr = np.asarray(img)
+    if mode in ("LA", "La", "PA"):
+        return arr[..., 0]
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return arr[..., :3]
+    if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        return arr.astype(np.uint16)  # 16-bit PNGs decoded as 32-bit ints by some Pillow paths
+    return arr
+
+
+def _read_tiff_raw(path: Path) -> np.ndarray:
+    """First page of a TIFF as stored (HxW or HxWxC); extra samples beyond RGB are dropped."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            _check_size(path, int(page.imagelength), int(page.imagewidth))
+            arr = page.asarray()
+    except DataError:
+        raise
+    except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+        raise DataError(f"{path}: truncated or corrupt TIFF data") from exc
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, 2)  # planar (CxHxW) storage
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+        elif arr.shape[2] == 2:
+            arr = arr[..., 0]  # grey + alpha
+        else:
+            arr = arr[..., :3]
+    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[2] == 3):
+        raise DataError(f"{path}: unsupported TIFF pixel layout {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise DataError(f"{path}: TIFF pixel data contains NaN or infinite values")
+    return arr
+
+
+def _scale_raster(arr: np.ndarray) -> np.ndarray:
+    """Storage-type scaling for raster images (see module docstring)."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    values = arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.floating) and values.min() >= 0.0 and values.max() <= 1.0:
+        return values.astype(np.float32)
+    return _min_max(values)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+
+
+def _dicom_dataset_pixels(path: Path) -> tuple[object, np.ndarray]:
+    """The pydicom dataset and its stored pixel array (single frame)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        raise DataError(f"{path}: truncated or corrupt DICOM file") from exc
+    pixel_tags = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    if not any(tag in ds for tag in pixel_tags):
+        raise DataError(f"{path}: DICOM file has no pixel data")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_size(path, rows, cols)
+    _ensure_transfer_syntax(ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(
+            f"{path}: multi-frame DICOM ({frames} frames) is not supported; export one file per frame"
+        )
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as exc:  # missing decoder plugin, truncated data, bad attributes
+        raise DataError(f"{path}: cannot decode DICOM pixel data ({exc})") from exc
+    return ds, pixels
+
+
+def _ensure_transfer_syntax(ds: object) -> None:
+    """Files written without the DICOM file header (no preamble, no meta) carry no transfer syntax;
+    the encoding pydicom detected while reading is the right one to decode their pixels with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding  # type: ignore[attr-defined]
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()  # type: ignore[attr-defined]
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _read_dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    ds, pixels = _dicom_dataset_pixels(path)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples == 3:
+        if not np.issubdtype(pixels.dtype, np.integer):
+            return _min_max(pixels.astype(np.float64))
+        bits = int(ds.get("BitsStored", 8))
+        return (pixels.astype(np.float32) / float(2**bits - 1)).clip(0.0, 1.0)
+    values = pixels.astype(np.float64)
+    values = values * _dicom_number(ds, "RescaleSlope", 1.0) + _dicom_number(
+        ds, "RescaleIntercept", 0.0
+    )
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{path}: DICOM pixel data contains NaN or infinite values")
+    chosen = window if window is not None else _dicom_window(ds)
+    if chosen is not None:
+        center, width = float(chosen[0]), float(chosen[1])
+        if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+            raise DataError(f"{path}: invalid DICOM window center {center} / width {width}")
+        lo = center - width / 2.0
+        scaled = np.clip((values - lo) / width, 0.0, 1.0).astype(np.float32)
+    else:
+        scaled = _min_max(values)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return scaled
+
+
+def _dicom_number(ds: object, keyword: str, default: float) -> float:
+    """A numeric attribute, ``default`` only when it is absent or empty (never to paper over a bad value)."""
+    value = getattr(ds, keyword, None)
+    return default if value is None or value == "" else float(value)
+
+
+def _dicom_window(ds: object) -> tuple[float, float] | None:
+    center = getattr(ds, "WindowCenter", None)
+    width = getattr(ds, "WindowWidth", None)
+    if center is None or width is None:
+        return None
+
+    def first(value: object) -> float:
+        try:
+            return float(value[0])  # type: ignore[index]
+        except TypeError:
+            return float(value)  # type: ignore[arg-type]
+
+    return first(center), first(width)
+
+
+# --- NIfTI ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Volume:
+    data: np.ndarray  # canonical (RAS) 3-D array, float32
+    lo: float
+    hi: float
+
+
+_VOLUME_CACHE: OrderedDict[tuple[str, int, int], _Volume] = OrderedDict()
+_VOLUME_CACHE_SIZE = 2  # a dataset reads a volume's slices in order; two volumes cover the seams
+
+
+def _load_nifti(path: Path) -> _Volume:
+    """Canonical 3-D volume and its robust range, cached because datasets read it slice by slice."""
+    import nibabel as nib
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    cached = _VOLUME_CACHE.get(key)
+    if cached is not None:
+        _VOLUME_CACHE.move_to_end(key)
+        return cached
+    img = _open_nifti(path)
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+        shape = img.shape
+    if len(shape) == 2:
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
+        shape = img.shape
+    if len(shape) != 3:
+        raise DataError(
+            f"{path}: NIfTI image has {len(shape)} dimensions {tuple(shape)}; "
+            "only 3-D volumes (or 4-D with one volume) are supported"
+        )
+    voxels = int(np.prod(shape))
+    if voxels > MAX_VOXELS:
+        raise DataError(
+            f"{path}: NIfTI volume has {voxels} voxels; the limit is {MAX_VOXELS} (decompression-bomb guard)"
+        )
+    width, height, _ = _canonical_shape(img)  # a displayed slice is rot90 of canonical (x, y)
+    _check_size(path, height, width)
+    try:
+        canonical = nib.as_closest_canonical(img)
+        data = np.asarray(canonical.get_fdata(dtype=np.float32))
+    except Exception as exc:  # truncated gzip, short data block
+        raise DataError(f"{path}: truncated or corrupt NIfTI data") from exc
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        lo = hi = 0.0
+    else:
+        lo, hi = (float(v) for v in np.percentile(finite, NIFTI_PERCENTILES))
+    volume = _Volume(data=data, lo=lo, hi=hi)
+    _VOLUME_CACHE[key] = volume
+    while len(_VOLUME_CACHE) > _VOLUME_CACHE_SIZE:
+        _VOLUME_CACHE.popitem(last=False)
+    return volume
+
+
+def _open_nifti(path: Path):  # -> nibabel image; untyped library object
+    import nibabel as nib
+
+    try:
+        return nib.load(path)
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, ...
+        raise DataError(f"{path}: truncated or corrupt NIfTI file") from exc
+
+
+def nifti_slice_count(path: str | Path) -> int:
+    """Number of axial slices of a NIfTI volume, read from the header only (no voxel data)."""
+    path = Path(path)
+    img = _open_nifti(path)
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 2:
+        return 1
+    if len(shape) != 3:
+        raise DataError(
+            f"{path}: NIfTI image has {len(shape)} dimensions {tuple(shape)}; "
+            "only 3-D volumes (or 4-D with one volume) are supported"
+        )
+    return _canonical_shape(img)[2]
+
+
+def _canonical_shape(img) -> tuple[int, int, int]:  # img: a 3-D nibabel image
+    """(x, y, z) sizes after reorientation to RAS, from the header: z is the axial slice count."""
+    import nibabel as nib
+
+    axis_codes = nib.orientations.io_orientation(img.affine)[:, 0]
+    if not np.all(np.isfinite(axis_codes)):
+        raise DataError(
+            f"{img.get_filename()}: NIfTI affine is degenerate; the axial axis is undefined"
+        )
+    sizes = [0, 0, 0]
+    for stored_axis, code in enumerate(axis_codes[:3]):
+        sizes[int(code)] = int(img.shape[stored_axis])
+    return sizes[0], sizes[1], sizes[2]
+
+
+def _slice(path: Path, volume: np.ndarray, slice_index: int | None) -> np.ndarray:
+    count = volume.shape[2]
+    if slice_index is None:
+        if count != 1:
+            raise DataError(
+                f"{path}: NIfTI volume has {count} axial slices; a slice index is needed"
+            )
+        slice_index = 0
+    if not 0 <= slice_index < count:
+        raise DataError(
+            f"{path}: slice index {slice_index} is outside the volume's {count} axial slices"
+        )
+    return np.rot90(volume[:, :, slice_index])  # rows run anterior (top) to posterior
+
+
+def _scaled_nifti_slice(path: Path, slice_index: int | None) -> np.ndarray:
+    volume = _load_nifti(path)
+    plane = _slice(path, volume.data, slice_index).astype(np.float64)
+    plane = np.where(np.isfinite(plane), plane, volume.lo)
+    if volume.hi <= volume.lo:
+        return np.zeros(plane.shape, np.float32)
+    return np.clip((plane - volume.lo) / (volume.hi - volume.lo), 0.0, 1.0).astype(np.float32)
+
+
+def _nifti_raw_slice(path: Path, slice_index: int | None) -> np.ndarray:
+    volume = _load_nifti(path)
+    plane = _slice(path, volume.data, slice_index)
+    return np.where(np.isfinite(plane), plane, 0.0)
