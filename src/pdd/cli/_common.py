@@ -1,0 +1,120 @@
+"""Checks and helpers shared by the command modules.
+
+Inputs are checked before any model is built, so a typo in a path fails in a second with one line
+instead of after minutes of loading weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pdd.errors import ConfigError, DataError, PDDError
+
+__all__ = [
+    "Progress",
+    "existing_file",
+    "existing_path",
+    "parse_window",
+    "positive_int",
+    "prepare_output_file",
+    "prepare_output_folder",
+    "user_path",
+]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error otherwise)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def existing_path(path: Path, what: str) -> Path:
+    """``path`` if it exists (file or folder), else a ``DataError`` naming it."""
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist")
+    return path
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """``path`` if it is a readable file, else a one-line error naming it."""
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: {what} is not a file")
+    return path
+
+
+def prepare_output_folder(path: Path) -> Path:
+    """Create ``path`` (with parents) and prove it is writable before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise PDDError(f"{path}: output folder is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise PDDError(f"{path}: cannot write to output folder: {exc.strerror or exc}") from exc
+    return path
+
+
+def prepare_output_file(path: Path) -> Path:
+    """Make sure the folder of an output file exists and is writable."""
+    if path.is_dir():
+        raise PDDError(f"{path}: output file is a folder")
+    prepare_output_folder(path.parent if str(path.parent) else Path("."))
+    return path
+
+
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    """``"C,W"`` (DICOM window centre and width) -> ``(C, W)``; ``None`` keeps the file's own."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        centre, width = (float(part) for part in parts)
+    except ValueError:
+        raise ConfigError(f"--window: expected CENTRE,WIDTH such as 40,80, got {text!r}") from None
+    if width <= 0:
+        raise ConfigError(f"--window: width must be > 0, got {width:g}")
+    return centre, width
+
+
+class Progress:
+    """A one-line counter on stderr: redrawn in place on a terminal, every ~10% otherwise.
+
+    Why not tqdm: it is not a dependency, and logs of batch jobs stay short this way.
+    Its ``update(done, total)`` is the ``on_progress`` callback of the engine functions.
+    """
+
+    def __init__(self, label: str, *, enabled: bool = True) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.interactive = sys.stderr.isatty()
+        self._last_decile = -1
+
+    def update(self, done: int, total: int) -> None:
+        """Report that ``done`` of ``total`` items are finished."""
+        if not self.enabled or total <= 0:
+            return
+        percent = 100 * done // total
+        line = f"{self.label}: {done}/{total} ({percent}%)"
+        if self.interactive:
+            print("\r" + line, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        elif percent // 10 > self._last_decile or done >= total:
+            self._last_decile = percent // 10
+            print(line, file=sys.stderr, flush=True)
+
+
+def user_path(text: str) -> Path:
+    """argparse type for paths: expands ``~`` so quoted paths behave like unquoted ones."""
+    return Path(os.path.expanduser(text))

@@ -1,0 +1,140 @@
+"""`pdd fit` option resolution: preset < --config file < command line, and early failures.
+
+Nothing here trains: resolve_fit_options must reject bad input before the runner is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdd.cli import build_parser, main
+from pdd.cli.fit import parse_overrides, resolve_fit_options
+from pdd.errors import ConfigError, DataError, PDDError
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    (folder / "train" / "good").mkdir(parents=True)
+    return folder
+
+
+def _resolve(*argv: str):
+    args = build_parser().parse_args(["fit", *argv])
+    return resolve_fit_options(args)
+
+
+def test_config_file_then_command_line(tmp_path: Path, data_dir: Path) -> None:
+    config = tmp_path / "cfg" / "fit.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "data: ../data\n"  # relative to the config file
+        "out: ../runs/a\n"
+        "teachers: random\n"
+        "image-size: 64\n"
+        "epochs: 3\n"
+        "seeds: [0, 1]\n"
+        "precision: bf16-mixed\n"
+        "model:\n"
+        "  students: shared\n"
+        "  train: {lr: 0.001}\n"
+        "sigma: 2.0\n"  # a preset key at top level is a model override too
+    )
+    options = _resolve("--config", str(config), "--epochs", "5", "--set", "train.lr=0.0005")
+    assert options.data == data_dir.resolve()
+    assert options.out == (tmp_path / "runs" / "a").resolve()
+    assert options.out.is_dir()
+    assert options.preset == "pdd"
+    assert options.teachers == "random"
+    assert options.image_size == 64  # from the file
+    assert options.epochs == 5  # the command line wins
+    assert options.seeds == [0, 1]
+    assert options.precision == "bf16-mixed"
+    assert options.model_overrides == {"students": "shared", "train": {"lr": 0.0005}, "sigma": 2.0}
+
+
+def test_seed_and_seeds(tmp_path: Path, data_dir: Path) -> None:
+    out = str(tmp_path / "o")
+    assert _resolve("--data", str(data_dir), "--out", out, "--seed", "7").seeds == [7]
+    assert _resolve("--data", str(data_dir), "--out", out, "--seeds", "0,1,2").seeds == [0, 1, 2]
+    with pytest.raises(ConfigError, match="repeat"):
+        _resolve("--data", str(data_dir), "--out", out, "--seeds", "1,1")
+    with pytest.raises(ConfigError, match="--seeds"):
+        _resolve("--data", str(data_dir), "--out", out, "--seeds", "1,,2")
+
+
+def test_parse_overrides_nests_and_types() -> None:
+    assert parse_overrides(["train.lr=0.001", "students=shared", "mpa=false", "train.betas=[0.9, 0.99]"]) == {
+        "train": {"lr": 0.001, "betas": [0.9, 0.99]},
+        "students": "shared",
+        "mpa": False,
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["students"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["train..lr=1"])
+
+
+def test_unknown_preset(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'nope'.*pdd"):
+        _resolve("--data", str(data_dir), "--out", str(tmp_path / "o"), "--preset", "nope")
+
+
+def test_bad_set_key_and_value(tmp_path: Path, data_dir: Path) -> None:
+    base = ("--data", str(data_dir), "--out", str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="studnets"):
+        _resolve(*base, "--set", "studnets=shared")
+    with pytest.raises(ConfigError, match="train.lrr"):
+        _resolve(*base, "--set", "train.lrr=0.1")
+    with pytest.raises(ConfigError, match="students"):
+        _resolve(*base, "--set", "students=three")
+    with pytest.raises(ConfigError, match="image_size"):
+        _resolve(*base, "--image-size", "48")  # not a multiple of 32: fails now, not after loading
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data folder does not exist"):
+        _resolve("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+
+
+def test_missing_required(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="--out is required"):
+        _resolve("--data", str(data_dir))
+
+
+def test_unwritable_output_folder(tmp_path: Path, data_dir: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PDDError, match="cannot write to output folder"):
+        _resolve("--data", str(data_dir), "--out", str(blocker / "run"))
+    with pytest.raises(PDDError, match="output folder is a file"):
+        _resolve("--data", str(data_dir), "--out", str(blocker))
+
+
+def test_bad_config_file(tmp_path: Path, data_dir: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        _resolve("--config", str(config))
+    config.write_text("epochs: 0\n")
+    with pytest.raises(ConfigError, match="epochs"):
+        _resolve("--config", str(config))
+    config.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        _resolve("--config", str(config))
+    with pytest.raises(DataError, match="config file does not exist"):
+        _resolve("--config", str(tmp_path / "none.yaml"))
+
+
+def test_resume_rejects_other_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--resume", str(tmp_path), "--epochs", "3"]) == 1
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_fit_failure_through_main_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["fit", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'missing'}: data folder does not exist"]
