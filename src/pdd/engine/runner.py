@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -534,6 +535,8 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     with warnings.catch_warnings():
         # The teachers are frozen in eval mode on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # Lightning's own internals trip a torch deprecation warning: noise for our users.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         trainer.fit(
             module,
             datamodule=data,
@@ -664,6 +667,8 @@ class _TrainingStateSaver(Callback):
 
 
 def _trainer(options: FitOptions, state_path: Path, epochs: int) -> L.Trainer:
+    # Lightning's start-up chatter (device summary, logger advertisement) is INFO; ours is printed.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     callbacks: list[Callback] = []
     if options.checkpoint_every_n_steps:
         callbacks.append(
