@@ -18,7 +18,8 @@ from pdd import create_model
 from pdd.data import to_model_input
 from pdd.data.synthetic import make_phantom
 from pdd.engine import checkpoint
-from pdd.engine.export import DEFAULT_OPSET, _associative_scan, export_onnx
+from pdd.engine.export import DEFAULT_OPSET, export_onnx
+from pdd.teachers.selective_scan import selective_scan_traceable
 from pdd.teachers.selective_scan import selective_scan_reference
 
 SMALL = {
@@ -75,9 +76,9 @@ def test_traceable_scan_equals_reference() -> None:
     D = torch.randn(c, generator=generator, dtype=torch.float64)
     bias = torch.randn(c, generator=generator, dtype=torch.float64)
     expected = selective_scan_reference(u, delta, A, B, C, D, bias)
-    actual = _associative_scan(u, delta, A, B, C, D, bias)
+    actual = selective_scan_traceable(u, delta, A, B, C, D, bias)
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    single = _associative_scan(*(t.float() for t in (u, delta, A, B, C, D, bias)))
+    single = selective_scan_traceable(*(t.float() for t in (u, delta, A, B, C, D, bias)))
     assert torch.isfinite(single).all()
     torch.testing.assert_close(single.double(), expected, rtol=1e-4, atol=1e-4)
 

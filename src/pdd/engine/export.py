@@ -85,7 +85,7 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=1024)
 
     try:
-        with warnings.catch_warnings(), _quiet_exporter(), _traceable_scan():
+        with warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
@@ -126,61 +126,6 @@ def export_onnx(
         max_map_error=map_error,
         max_score_error=score_error,
     )
-
-
-def _associative_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """The selective scan with shape-only control flow, so ``torch.export`` can trace it.
-
-    ``pdd.teachers.selective_scan`` branches on the data (it switches to a step loop where its
-    closed form could overflow) and loops over the batch; neither can become a static graph.
-    Here ``h_l = decay_l * h_{l-1} + drive_l`` is solved by a log-depth (Hillis-Steele) scan over
-    the whole sequence: ceil(log2 L) rounds that only multiply decays <= 1 and add, so nothing
-    can overflow whatever the data, and the batch axis stays symbolic.
-    Same arguments and result as :func:`pdd.teachers.selective_scan.selective_scan_reference`.
-    """
-    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    dt = torch.nn.functional.softplus(delta) if delta_softplus else delta
-    per_group = u.shape[1] // B.shape[1]
-    B = B.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
-    C = C.repeat_interleave(per_group, dim=1)
-    decay = torch.exp(dt[:, :, None, :] * A[None, :, :, None])
-    state = (dt * u)[:, :, None, :] * B
-    length = u.shape[2]
-    offset = 1
-    while offset < length:
-        shifted = torch.addcmul(state[..., offset:], decay[..., offset:], state[..., :-offset])
-        state = torch.cat([state[..., :offset], shifted], dim=-1)
-        decay = torch.cat([decay[..., :offset], decay[..., offset:] * decay[..., :-offset]], dim=-1)
-        offset *= 2
-    y = (state * C).sum(2)
-    if D is not None:
-        y = y + u * D.to(dtype)[:, None]
-    return y
-
-
-@contextlib.contextmanager
-def _traceable_scan() -> Iterator[None]:
-    """Let the VMamba teacher use :func:`_associative_scan` while the graph is traced."""
-    from pdd.teachers import vmamba
-
-    original = vmamba.selective_scan
-    vmamba.selective_scan = _associative_scan
-    try:
-        yield
-    finally:
-        vmamba.selective_scan = original
 
 
 def _require_onnx_packages() -> None:

@@ -29,7 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fused_kernel_available", "selective_scan", "selective_scan_reference"]
+__all__ = [
+    "fused_kernel_available",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_traceable",
+]
 
 # Largest |log decay| spanned inside one chunk for which exp(+span) * |x| stays finite with margin.
 _SAFE_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
@@ -281,3 +286,46 @@ def _recurrence(log_decay: Tensor, drive: Tensor) -> tuple[Tensor, Tensor]:
         states.append(h)
         decays.append(p)
     return torch.stack(states, 1), torch.stack(decays, 1)
+
+
+def selective_scan_traceable(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """The selective scan with shape-only control flow, so ``torch.export`` can trace it.
+
+    :func:`selective_scan` branches on the data (it switches to a step loop where its closed form
+    could overflow) and loops over the batch; neither can become a static graph. The VMamba
+    teacher uses this one while it is being exported (ONNX), and the fast one otherwise.
+    Here ``h_l = decay_l * h_{l-1} + drive_l`` is solved by a log-depth (Hillis-Steele) scan over
+    the whole sequence: ceil(log2 L) rounds that only multiply decays <= 1 and add, so nothing
+    can overflow whatever the data, and the batch axis stays symbolic.
+    Same arguments and result as :func:`selective_scan_reference`.
+    """
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    dt = torch.nn.functional.softplus(delta) if delta_softplus else delta
+    per_group = u.shape[1] // B.shape[1]
+    B = B.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
+    C = C.repeat_interleave(per_group, dim=1)
+    decay = torch.exp(dt[:, :, None, :] * A[None, :, :, None])
+    state = (dt * u)[:, :, None, :] * B
+    length = u.shape[2]
+    offset = 1
+    while offset < length:
+        shifted = torch.addcmul(state[..., offset:], decay[..., offset:], state[..., :-offset])
+        state = torch.cat([state[..., :offset], shifted], dim=-1)
+        decay = torch.cat([decay[..., :offset], decay[..., offset:] * decay[..., :-offset]], dim=-1)
+        offset *= 2
+    y = (state * C).sum(2)
+    if D is not None:
+        y = y + u * D.to(dtype)[:, None]
+    return y

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdd.errors import ConfigError
-from pdd.teachers.selective_scan import selective_scan
+from pdd.teachers.selective_scan import selective_scan, selective_scan_traceable
 
 __all__ = ["TINY_CONFIG", "VMambaBackbone", "convert_official_state_dict"]
 
@@ -171,7 +171,9 @@ class SS2D(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         scan_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        y = selective_scan(
+        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        scan = selective_scan_traceable if exporting else selective_scan
+        y = scan(
             xs.reshape(batch, k * inner, length),
             dts.reshape(batch, k * inner, length),
             -torch.exp(self.A_logs.to(scan_dtype)),
