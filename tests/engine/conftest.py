@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,15 +21,7 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from pdd import models
     from pdd.engine import runner
 
-    real = models.create_model
-
-    def create_model(preset: str, **overrides: Any) -> Any:
-        return (
-            engine_fakes.create_fake(**overrides)
-            if preset == "fake"
-            else real(preset, **overrides)
-        )
-
+    create_model = engine_fakes.fake_router(models.create_model)
     monkeypatch.setattr(models, "create_model", create_model)
     monkeypatch.setattr(runner, "create_model", create_model)
 

@@ -135,21 +135,24 @@ def create_fake(**overrides: Any) -> FakeModel:
     return FakeModel(_merge(DEFAULT_CONFIG, overrides))
 
 
+def fake_router(real: Any) -> Any:
+    """A ``create_model`` that builds ``FakeModel`` for preset ``fake`` and defers to ``real``."""
+
+    def create_model(preset: str, **overrides: Any) -> nn.Module:
+        return create_fake(**overrides) if preset == "fake" else real(preset, **overrides)
+
+    create_model.is_fake_router = True  # type: ignore[attr-defined]
+    return create_model
+
+
 def install() -> None:
     """Route ``create_model("fake", ...)`` to ``FakeModel`` in the runner and checkpoint loader."""
     from pdd import models
     from pdd.engine import runner
 
-    real = models.create_model
-    if getattr(real, "is_fake_router", False):
+    if getattr(models.create_model, "is_fake_router", False):
         return
-
-    def create_model(preset: str, **overrides: Any) -> nn.Module:
-        return (
-            create_fake(**overrides) if preset == "fake" else real(preset, **overrides)
-        )
-
-    create_model.is_fake_router = True  # type: ignore[attr-defined]
+    create_model = fake_router(models.create_model)
     models.create_model = create_model  # type: ignore[assignment]
     runner.create_model = create_model  # type: ignore[assignment]
 

@@ -94,15 +94,7 @@ def reference_runs(
     with pytest.MonkeyPatch.context() as patch:
         from pdd import models
 
-        real = models.create_model
-
-        def create_model(preset: str, **overrides: Any) -> Any:
-            return (
-                engine_fakes.create_fake(**overrides)
-                if preset == "fake"
-                else real(preset, **overrides)
-            )
-
+        create_model = engine_fakes.fake_router(models.create_model)
         patch.setattr(models, "create_model", create_model)
         patch.setattr(runner, "create_model", create_model)
         base = tmp_path_factory.mktemp("reference")

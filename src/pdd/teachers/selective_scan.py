@@ -308,11 +308,9 @@ def selective_scan_traceable(
     can overflow whatever the data, and the batch axis stays symbolic.
     Same arguments and result as :func:`selective_scan_reference`.
     """
-    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dtype = _compute_dtype(u)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    dt = torch.nn.functional.softplus(delta) if delta_softplus else delta
+    dt = _prepare_dt(delta, None if delta_bias is None else delta_bias.to(dtype), delta_softplus)
     per_group = u.shape[1] // B.shape[1]
     B = B.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
     C = C.repeat_interleave(per_group, dim=1)
