@@ -224,14 +224,14 @@ def test_bf16_autocast_on_cpu_scans_in_float32(
     import pdd.teachers.vmamba as vmamba_module
 
     scan_dtypes = []
-    original = vmamba_module.selective_scan
+    original = vmamba_module.cross_selective_scan
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
         scan_dtypes.append((args[0].dtype, out.dtype))
         return out
 
-    monkeypatch.setattr(vmamba_module, "selective_scan", spy)
+    monkeypatch.setattr(vmamba_module, "cross_selective_scan", spy)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         features = small_model(small_case["input"])
     assert scan_dtypes and all(out == torch.float32 for _, out in scan_dtypes)

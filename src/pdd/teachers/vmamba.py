@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdd.errors import ConfigError
-from pdd.teachers.selective_scan import selective_scan, selective_scan_traceable
+from pdd.teachers.cross_scan import cross_selective_scan
 
 __all__ = ["TINY_CONFIG", "VMambaBackbone", "convert_official_state_dict"]
 
@@ -156,39 +156,29 @@ class SS2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, _ = x.shape
-        length, k, inner = height * width, self.directions, self.inner
+        k, inner = self.directions, self.inner
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = x.permute(0, 3, 1, 2)
         if self.conv2d is not None:
-            x = self.conv2d(x)
-        x = F.silu(x)
-        # Cross scan: row-major, column-major, and both reversed -> (B, 4, D, L).
-        row = x.flatten(2)
-        col = x.transpose(2, 3).flatten(2)
-        xs = torch.stack([row, col], dim=1)
-        xs = torch.cat([xs, xs.flip(-1)], dim=1)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+            x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # Tokens in row-major order, channels last: (B, L, D). The four scan directions are
+        # orders of visiting these positions (pdd.teachers.cross_scan), never separate copies.
+        u = F.silu(x).reshape(batch, height * width, inner)
+        x_dbl = torch.einsum("bld,kcd->blkc", u, self.x_proj_weight)
+        dt_low, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=3)
         scan_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-        scan = selective_scan_traceable if exporting else selective_scan
-        y = scan(
-            xs.reshape(batch, k * inner, length),
-            dts.reshape(batch, k * inner, length),
-            -torch.exp(self.A_logs.to(scan_dtype)),
+        y = cross_selective_scan(
+            u,
+            dt_low,
             Bs,
             Cs,
-            self.Ds.to(scan_dtype),
-            self.dt_projs_bias.reshape(-1).to(scan_dtype),
-            delta_softplus=True,
-        ).view(batch, k, inner, length)
-        # Cross merge: undo the reversals, then the transpose of the column-major pair.
-        y = y[:, :2] + y[:, 2:].flip(-1)
-        y = y[:, 0] + y[:, 1].view(batch, inner, width, height).transpose(2, 3).reshape(
-            batch, inner, length
+            self.dt_projs_weight,
+            self.dt_projs_bias,
+            -torch.exp(self.A_logs.to(scan_dtype)).view(k, inner, self.d_state),
+            self.Ds.view(k, inner),
+            height,
+            width,
         )
-        y = self.out_norm(y.transpose(1, 2)).view(batch, height, width, inner)
+        y = self.out_norm(y).view(batch, height, width, inner)
         return self.out_proj(y * F.silu(z))
 
 
