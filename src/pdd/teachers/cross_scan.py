@@ -94,7 +94,11 @@ def cross_selective_scan(
     ):
         kernel = cpu_kernel()
         if kernel is not None:
-            with torch.autocast("cpu", enabled=False):
+            # Named in profiles: a pybind call is otherwise invisible to torch.profiler.
+            with (
+                torch.autocast("cpu", enabled=False),
+                torch.profiler.record_function("pdd::cross_scan_cpu_kernel"),
+            ):
                 u, dt_low, B, C, dt_weight, dt_bias, A, D = (t.float() for t in inputs)
                 return kernel.cross_scan_forward(
                     _unit_last_stride(u),
@@ -175,7 +179,14 @@ def cpu_kernel() -> ModuleType | None:
     setting = os.environ.get(_ENV, "auto").strip().lower()
     if setting in {"0", "off", "false", "no"}:
         return None
-    from torch.utils import cpp_extension
+    # Importing the builder logs "No CUDA runtime is found" on CPU-only machines: noise here.
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        builder_log.setLevel(level)
 
     name = _build_name()
     # Next to the weights; keyed by torch version too, as the binary links against libtorch.

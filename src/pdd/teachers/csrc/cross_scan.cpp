@@ -153,7 +153,11 @@ void scan_channel_block(const Inputs& in, float* y, int64_t batch, int64_t c0) {
       }
       for (int64_t t = 0; t < steps; ++t) {
         float* y_row = y + (batch * length + pos[t]) * in.width_d + c0;
-        for (int64_t i = 0; i < cb; ++i) y_row[i] += acc[t][i];
+        if (k == 0) {  // the first direction initialises this task's slice of y
+          for (int64_t i = 0; i < cb; ++i) y_row[i] = acc[t][i];
+        } else {
+          for (int64_t i = 0; i < cb; ++i) y_row[i] += acc[t][i];
+        }
       }
     }
   }
@@ -172,12 +176,13 @@ torch::Tensor cross_scan_forward(torch::Tensor u, torch::Tensor dt_low, torch::T
   TORCH_CHECK(u.dim() == 3 && u.size(1) == height * width, "cross_scan: u must be (b, H*W, d)");
   TORCH_CHECK(A.size(1) <= kMaxState && dt_weight.size(1) <= kMaxRank, "cross_scan: at most ",
               kMaxState, " states and dt rank ", kMaxRank);
+  TORCH_CHECK(A.size(0) >= 1, "cross_scan: no directions");
   TORCH_CHECK(dt_low.dim() == 4 && B.dim() == 4 && C.dim() == 4 && A.dim() == 3 &&
                   dt_weight.dim() == 3 && dt_bias.dim() == 2 && D.dim() == 2,
               "cross_scan: wrong number of dimensions");
   const Inputs in{Rows(u), Rows(dt_low), Rows(B), Rows(C), dt_weight, dt_bias, A, D,
                   u.size(2), A.size(1), dt_weight.size(1), height, width};
-  auto y = torch::zeros_like(u, at::MemoryFormat::Contiguous);
+  auto y = torch::empty_like(u, at::MemoryFormat::Contiguous);
   float* y_data = y.data_ptr<float>();
   const int64_t batch = u.size(0), threads = at::get_num_threads();
   // Widest block whose tasks still keep every thread busy: the makespan is the number of task
