@@ -219,22 +219,23 @@ def test_test_command_reproduces_the_fit_evaluation(
 
 @pytest.mark.slow
 def test_real_pdd_preset_learns_synthetic_lesions(tmp_path: Path) -> None:
-    """End to end with the real ``pdd`` preset (random teachers, 64 px, 18 steps of 3 images): the
-    loss goes down every epoch and lesion pixels score above normal tissue.
+    """End to end with the real ``pdd`` preset (random teachers, 64 px, 30 steps of 6 images): the
+    loss goes down every epoch, lesion pixels score above normal tissue and abnormal phantoms
+    above normal ones.
 
-    Measured with exactly these settings (deterministic on CPU): loss 3.13 -> 2.75 -> 2.69, pixel
-    AUROC 0.769, image AUROC 0.484. Image-level ranking needs more training than a CI test can
-    afford (30 steps of 6 images: image AUROC 0.75), so it is recorded here, not asserted.
+    Measured with exactly these settings (deterministic on CPU): loss 3.14 -> 2.73 -> 2.67 -> 2.63
+    -> 2.62, pixel AUROC 0.832, image AUROC 0.766 (16 test images, so AUROC moves in steps of 1/64);
+    23 s on a 2-core CPU.
     """
     from pdd.data.synthetic import make_phantom_dataset
 
     data = make_phantom_dataset(
-        tmp_path / "data", n_train=20, n_test_normal=8, n_test_abnormal=8, size=64
+        tmp_path / "data", n_train=36, n_test_normal=8, n_test_abnormal=8, size=64
     )
     out = fit(
         FitOptions(
             data=data, out=tmp_path / "run", preset="pdd", teachers="random",
-            image_size=64, epochs=3, batch_size=3, accelerator="cpu", progress=False,
+            image_size=64, epochs=5, batch_size=6, accelerator="cpu", progress=False,
         )
     )  # fmt: skip
     metrics = check_complete_run(out, masks=True)
@@ -242,7 +243,8 @@ def test_real_pdd_preset_learns_synthetic_lesions(tmp_path: Path) -> None:
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], (
         losses
     )
-    assert metrics["pixel_auroc"] >= 0.7, metrics["pixel_auroc"]
+    assert metrics["pixel_auroc"] >= 0.75, metrics["pixel_auroc"]
+    assert metrics["image_auroc"] >= 0.65, metrics["image_auroc"]
     assert metrics["teachers"] == "random" and metrics["preset"] == "pdd"
     assert set(metrics["teacher_identity"]) == {"wide_resnet50_2", "vmamba_tiny_v0"}
 
