@@ -20,7 +20,11 @@ import sys
 import torch
 from _common import autocast, machine, median_seconds, parser, setup, table
 
-from pdd.teachers.cross_scan import _cross_scan_gathered, cpu_kernel, cross_selective_scan
+from pdd.teachers.cross_scan import (
+    _cross_scan_gathered,
+    cpu_kernel,
+    cross_selective_scan,
+)
 from pdd.teachers.selective_scan import (
     fused_kernel_available,
     selective_scan,
@@ -80,14 +84,20 @@ def cross_scan_rows(stages: list[int], repeats: int, loop_ms: dict[int, float]) 
         with torch.no_grad():
             expected = _cross_scan_gathered(*(t.double() for t in x), side, side, False)
             pytorch_path = median_seconds(
-                lambda x=x: _cross_scan_gathered(*x, side, side, False), cpu, repeats
+                lambda x=x, side=side: _cross_scan_gathered(*x, side, side, False),
+                cpu,
+                repeats,
             )
             if kernel is None:
                 fused, err = float("nan"), float("nan")
             else:
                 out = cross_selective_scan(*x, side, side)
                 err = (out.double() - expected).abs().max().item()
-                fused = median_seconds(lambda x=x: cross_selective_scan(*x, side, side), cpu, repeats)
+                fused = median_seconds(
+                    lambda x=x, side=side: cross_selective_scan(*x, side, side),
+                    cpu,
+                    repeats,
+                )
         loop = loop_ms.get(stage)
         rows.append(
             [

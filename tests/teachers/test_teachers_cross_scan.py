@@ -12,7 +12,11 @@ import torch
 import pdd.teachers.cross_scan as cross_scan_module
 from pdd import teachers
 from pdd.errors import PDDError
-from pdd.teachers.cross_scan import _cross_scan_gathered, cross_selective_scan, visit_order
+from pdd.teachers.cross_scan import (
+    _cross_scan_gathered,
+    cross_selective_scan,
+    visit_order,
+)
 
 
 def test_visit_order_is_vmamba_cross_scan() -> None:

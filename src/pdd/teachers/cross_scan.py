@@ -211,7 +211,9 @@ def cpu_kernel() -> ModuleType | None:
             )
     except Exception as error:  # compiler missing, no OpenMP, unsupported platform, ...
         if setting in {"1", "on", "true", "yes", "required"}:
-            raise PDDError(f"{_ENV}=1 but the fused CPU scan kernel did not build: {error}") from error
+            raise PDDError(
+                f"{_ENV}=1 but the fused CPU scan kernel did not build: {error}"
+            ) from error
         warnings.warn(
             f"the fused CPU scan kernel did not build ({type(error).__name__}: "
             f"{str(error).strip().splitlines()[-1] if str(error).strip() else error}); "
