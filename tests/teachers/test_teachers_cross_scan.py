@@ -119,6 +119,37 @@ def test_bf16_inputs_are_widened() -> None:
     torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_kernel_rejects_mismatched_shapes_instead_of_reading_out_of_bounds() -> None:
+    kernel = _kernel_or_skip()
+    u, dt_low, B, C, dt_weight, dt_bias, A, D = (t.float() for t in _inputs(1, 4, 4, 16, 16, 3))
+    args = {
+        "u": u,
+        "dt_low": dt_low.contiguous(),
+        "B": B.contiguous(),
+        "C": C.contiguous(),
+        "dt_weight": dt_weight.transpose(1, 2).contiguous(),
+        "dt_bias": dt_bias,
+        "A": A.transpose(1, 2).contiguous(),
+        "D": D,
+    }
+    kernel.cross_scan_forward(*args.values(), 4, 4)  # the well-formed call works
+    wrong = {
+        "u": u[:, :8],
+        "dt_low": args["dt_low"][..., :2],
+        "B": args["B"][:, :, :3],
+        "C": args["C"][..., :8],
+        "dt_weight": args["dt_weight"][:, :, :8],
+        "dt_bias": dt_bias[:2],
+        "A": args["A"][:, :, :8],
+        "D": D[:, :8],
+    }
+    for name, bad in wrong.items():
+        with pytest.raises(RuntimeError, match="cross_scan: "):
+            kernel.cross_scan_forward(*{**args, name: bad.contiguous()}.values(), 4, 4)
+    with pytest.raises(RuntimeError, match="cross_scan: u must be"):
+        kernel.cross_scan_forward(*args.values(), 4, 5)
+
+
 class _CountingKernel:
     def __init__(self, kernel) -> None:
         self.kernel, self.calls = kernel, 0

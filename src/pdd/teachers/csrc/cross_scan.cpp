@@ -174,26 +174,40 @@ torch::Tensor cross_scan_forward(torch::Tensor u, torch::Tensor dt_low, torch::T
     TORCH_CHECK(t->stride(t->dim() - 1) == 1, "cross_scan: last dimension must be contiguous");
   }
   TORCH_CHECK(u.dim() == 3 && u.size(1) == height * width, "cross_scan: u must be (b, H*W, d)");
-  TORCH_CHECK(A.size(1) <= kMaxState && dt_weight.size(1) <= kMaxRank, "cross_scan: at most ",
-              kMaxState, " states and dt rank ", kMaxRank);
-  TORCH_CHECK(A.size(0) >= 1, "cross_scan: no directions");
-  TORCH_CHECK(dt_low.dim() == 4 && B.dim() == 4 && C.dim() == 4 && A.dim() == 3 &&
-                  dt_weight.dim() == 3 && dt_bias.dim() == 2 && D.dim() == 2,
-              "cross_scan: wrong number of dimensions");
+  TORCH_CHECK(A.dim() == 3 && A.size(0) >= 1 && A.size(2) == u.size(2),
+              "cross_scan: A must be (k, n, d)");
+  const int64_t batch = u.size(0), length = u.size(1), width_d = u.size(2);
+  const int64_t directions = A.size(0), state = A.size(1);
+  TORCH_CHECK(dt_weight.dim() == 3 && dt_weight.size(0) == directions &&
+                  dt_weight.size(2) == width_d,
+              "cross_scan: dt_weight must be (k, r, d)");
+  const int64_t rank = dt_weight.size(1);
+  TORCH_CHECK(state <= kMaxState && rank <= kMaxRank, "cross_scan: at most ", kMaxState,
+              " states and dt rank ", kMaxRank);
+  const auto rows_ok = [&](const torch::Tensor& t, int64_t last) {
+    return t.dim() == 4 && t.size(0) == batch && t.size(1) == length && t.size(2) == directions &&
+           t.size(3) == last;
+  };
+  TORCH_CHECK(rows_ok(dt_low, rank), "cross_scan: dt_low must be (b, L, k, r)");
+  TORCH_CHECK(rows_ok(B, state) && rows_ok(C, state), "cross_scan: B and C must be (b, L, k, n)");
+  for (const auto* t : {&dt_bias, &D}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == directions && t->size(1) == width_d,
+                "cross_scan: dt_bias and D must be (k, d)");
+  }
   const Inputs in{Rows(u), Rows(dt_low), Rows(B), Rows(C), dt_weight, dt_bias, A, D,
-                  u.size(2), A.size(1), dt_weight.size(1), height, width};
+                  width_d, state, rank, height, width};
   auto y = torch::empty_like(u, at::MemoryFormat::Contiguous);
   float* y_data = y.data_ptr<float>();
-  const int64_t batch = u.size(0), threads = at::get_num_threads();
+  const int64_t threads = at::get_num_threads();
   // Widest block whose tasks still keep every thread busy: the makespan is the number of task
   // rounds times the block width.
   int64_t block = 16, best = -1;
-  for (int64_t width : {16, 32, 64}) {
-    const int64_t tasks = batch * ((u.size(2) + width - 1) / width);
-    const int64_t makespan = (tasks + threads - 1) / threads * width;
-    if (best < 0 || makespan <= best) block = width, best = makespan;
+  for (int64_t candidate : {16, 32, 64}) {
+    const int64_t tasks = batch * ((width_d + candidate - 1) / candidate);
+    const int64_t makespan = (tasks + threads - 1) / threads * candidate;
+    if (best < 0 || makespan <= best) block = candidate, best = makespan;
   }
-  const int64_t blocks = (u.size(2) + block - 1) / block;
+  const int64_t blocks = (width_d + block - 1) / block;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t image = task / blocks, c0 = (task % blocks) * block;
