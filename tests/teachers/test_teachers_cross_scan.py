@@ -185,6 +185,18 @@ def test_float64_never_uses_kernel(monkeypatch) -> None:
     assert counting.calls == 0 and out.dtype == torch.float64
 
 
+@pytest.mark.parametrize(("state", "rank"), [(65, 2), (4, 129)])
+def test_sizes_beyond_the_kernel_take_the_pytorch_path(monkeypatch, state: int, rank: int) -> None:
+    counting = _CountingKernel(None)
+    monkeypatch.setattr(cross_scan_module, "cpu_kernel", lambda: counting)
+    inputs = _inputs(1, 2, 3, 16, state, rank)
+    with torch.no_grad():
+        out = cross_selective_scan(*(t.float() for t in inputs), 2, 3)
+    assert counting.calls == 0
+    expected = _cross_scan_gathered(*inputs, 2, 3, False)
+    torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.fixture
 def fresh_kernel_cache(monkeypatch):
     """Forget the loaded kernel for one test (and again after it)."""

@@ -20,10 +20,10 @@ every tensor contiguous.
 
 * the fused CPU kernel (``csrc/cross_scan.cpp``; float32, forward only: the frozen teacher), which
   walks each direction in place with a block of states in L1, one pass instead of ~8, computes dt
-  on the fly and adds straight into the merged output. It is compiled on first use with PyTorch's C++ extension
-  builder (needs a C++ compiler with OpenMP; ~20 s once, cached by torch under
-  ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``). ``PDD_CPU_KERNEL=0`` turns it off;
-  ``PDD_CPU_KERNEL=1`` makes a failed build an error instead of a warning.
+  on the fly and adds straight into the merged output. It is compiled on first use with PyTorch's
+  C++ extension builder (needs g++ with OpenMP and ninja; ~20 s once, cached under
+  ``<pdd cache>/kernels``, see :func:`pdd.teachers.weights.cache_dir`). ``PDD_CPU_KERNEL=0`` turns
+  it off; ``PDD_CPU_KERNEL=1`` makes a failed build an error instead of a warning.
 * otherwise the direction sequences are gathered and :func:`~pdd.teachers.selective_scan.selective_scan`
   runs (chunked PyTorch scan; mamba_ssm's kernel on CUDA when installed), or the export-traceable
   scan while ``torch.export``/ONNX is tracing.
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "cross_scan.cpp"
 _ENV = "PDD_CPU_KERNEL"
-_KERNEL_MAX_STATE, _KERNEL_MAX_RANK = 64, 256  # kMaxState, kMaxRank in the kernel
+_KERNEL_MAX_STATE, _KERNEL_MAX_RANK = 64, 128  # kMaxState, kMaxRank in the kernel
 
 
 def visit_order(height: int, width: int, device: torch.device | None = None) -> Tensor:
@@ -194,7 +194,8 @@ def cpu_kernel() -> ModuleType | None:
     binary = build / f"{name}.so"
     if not binary.exists() or binary.stat().st_mtime < _SOURCE.stat().st_mtime:
         log.warning("compiling the fused CPU scan kernel into %s (once, ~20 s)", build)
-    # -ffast-math lets the compiler vectorise exp (glibc's libmvec); the kernel has no NaN/inf logic.
+    # -ffast-math lets the compiler vectorise the rounding in the inline exp and reorder sums; the
+    # kernel has no NaN/inf logic that it could break.
     flags = ["-O3", "-ffast-math", "-fopenmp"]
     if platform.machine().lower() in {"x86_64", "amd64"}:
         flags += ["-march=native", "-mprefer-vector-width=512"]
