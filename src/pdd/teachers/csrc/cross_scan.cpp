@@ -1,7 +1,7 @@
 // VMamba's four-direction selective scan, fused with its dt projection, the cross scan and the
 // cross merge, for CPUs. Forward only: the VMamba teacher is frozen.
 //
-// Per direction, one pass over the sequence with the states of a block of 16 channels kept in
+// Per direction, one pass over the sequence with the states of a block of 16-64 channels kept in
 // L1/registers; the plain-PyTorch scan instead makes ~8 memory passes over a (channels, L, n) state
 // tensor. The direction sequences are never materialised: direction k walks the H x W grid
 // row-major (k = 0), column-major (k = 1) or those reversed (k = 2, 3), reads its inputs at the
