@@ -219,7 +219,7 @@ def test_headct_bad_header_and_bad_row(tmp_path: Path) -> None:
     labels.write_text(text.replace("id, hemorrhage", "name,label"))
     with pytest.raises(DataError) as err:
         load_dataset(root)
-    assert str(err.value) == f"{labels}: header must be 'id, hemorrhage'"
+    assert str(err.value) == f"{labels}: header must be 'id, hemorrhage' or 'id, hemorrhage, group'"
     labels.write_text(text.replace("\n3,0\n", "\n3,yes\n"))
     with pytest.raises(DataError) as err:
         load_dataset(root)

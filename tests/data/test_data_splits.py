@@ -11,7 +11,8 @@ from pdd.data import Sample, load_dataset, make_phantom_dataset, read_manifest
 from pdd.data.splits import check_split, seeded_split
 from pdd.errors import DataError
 
-HEADER = "path,label,kind,split,class_name,mask_path\n"
+HEADER = "path,label,kind,split,class_name,mask_path,group\n"
+LEGACY_HEADER = "path,label,kind,split,class_name,mask_path\n"  # before groups
 
 
 @pytest.fixture
@@ -56,7 +57,10 @@ def test_manifest_whose_files_are_gone(headct: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(headct, split_file=manifest)
     line = 2 + len(split.train) + len(split.holdout)
-    assert str(err.value) == f"{manifest}: line {line}: listed file no longer exists: {gone}"
+    assert str(err.value) == (
+        f"{manifest}: line {line}: listed file does not exist: {gone} "
+        "(a stale manifest, or one written for another dataset?)"
+    )
 
 
 def test_manifest_putting_a_test_image_in_train_is_refused(headct: Path, tmp_path: Path) -> None:
@@ -64,13 +68,13 @@ def test_manifest_putting_a_test_image_in_train_is_refused(headct: Path, tmp_pat
     manifest = split.write_manifest(tmp_path / "split.csv")
     normal_test = next(s for s in split.test if s.label == 0)
     rel = Path(normal_test.path).relative_to(headct).as_posix()
-    manifest.write_text(manifest.read_text() + f"{rel},0,good,train,,\n")
+    manifest.write_text(manifest.read_text() + f"{rel},0,good,train,,,\n")
     with pytest.raises(DataError) as err:
         read_manifest(manifest, headct)
     assert str(err.value) == f"{manifest}: {headct / rel} is listed in both train and test"
     anomalous = next(s for s in split.test if s.label == 1)
     rel = Path(anomalous.path).relative_to(headct).as_posix()
-    manifest.write_text(HEADER + f"{rel},1,hemorrhage,holdout,,\n")
+    manifest.write_text(LEGACY_HEADER + f"{rel},1,hemorrhage,holdout,,\n")
     with pytest.raises(DataError) as err:
         read_manifest(manifest, headct)
     assert str(err.value) == f"{manifest}: {headct / rel} is anomalous but assigned to holdout"
@@ -83,9 +87,9 @@ def test_not_a_manifest(headct: Path, tmp_path: Path) -> None:
         load_dataset(headct, split_file=bad)
     assert (
         str(err.value)
-        == f"{bad}: not a split manifest (header must be path,label,kind,split,class_name,mask_path)"
+        == f"{bad}: not a split manifest (header must be {HEADER.strip()})"
     )
-    bad.write_text(HEADER + "head_ct/000.png,1,hemorrhage,val,,\n")
+    bad.write_text(LEGACY_HEADER + "head_ct/000.png,1,hemorrhage,val,,\n")
     with pytest.raises(DataError) as err:
         load_dataset(headct, split_file=bad)
     assert str(err.value) == f"{bad}: line 2: split must be train, holdout or test, got 'val'"

@@ -4,7 +4,7 @@ Layouts (``format=``), each one documented where it is parsed below:
 
 - ``folder``     train/good, test/good, test/<kind>, optional ground_truth/<kind>/<stem>[_mask].<ext>;
                  several classes when the root holds one such folder per class.
-- ``headct``     labels.csv (``id, hemorrhage``) + head_ct/NNN.png.
+- ``headct``     labels.csv (``id, hemorrhage`` and an optional ``group`` column) + head_ct/NNN.png.
 - ``brainmri``   yes/ (tumour) and no/ (normal); byte-identical duplicates are removed.
 - ``zhanglab``   chest_xray/{train,test}/{NORMAL,PNEUMONIA}; the official split is kept.
 - ``unimedical`` ADer Uni-Medical meta.json (classes brain, liver, retinal) with masks.
@@ -13,25 +13,36 @@ Layouts (``format=``), each one documented where it is parsed below:
 Policies (the same for every layout):
 
 - Files are found by extension (.png .jpg .jpeg .bmp .gif .tif .tiff .dcm .nii .nii.gz); hidden
-  files are ignored; other files in image folders are counted in ``skipped``. Pixel data is NOT
-  decoded here (that would read the whole set twice); a broken image raises DataError naming the
-  file when :class:`ImageDataset` loads it.
+  files are ignored; other files in image folders are counted in ``skipped``, and so are entries
+  that are not regular files (named pipes, sockets, devices, broken links: judged by ``stat``,
+  never opened). Pixel data is NOT decoded here (that would read the whole set twice); a broken
+  image raises DataError naming the file when :class:`ImageDataset` loads it.
+- The folders that hold normal images (good, NORMAL, and train/test/valid above them) match in
+  any letter case; in the folder layout a test folder named good or normal (any case) holds
+  normal images (kind ``good``), never an anomaly kind.
 - A NIfTI file expands to one sample per axial slice; one whose header cannot be read is skipped
   with the reason.
 - An empty class folder (e.g. ``test/crack`` with no images) is a counted skip; no normal training
   image at all is a DataError.
 - A mask without a matching image is a counted skip. ``has_masks`` is True only when every
   anomalous test image has a mask.
-- Sets without an official split get the seeded split of :mod:`pdd.data.splits`; every set gets a
-  seeded holdout of training normals (BMAD uses its own ``valid/good`` instead).
+- Every image belongs to a group (:mod:`pdd.data.groups`: a NIfTI volume, a DICOM series and
+  patient, a ``group_by`` file-name match, a labels.csv ``group``) that never crosses train /
+  holdout / test. Sets without an official split get the seeded group split of
+  :mod:`pdd.data.splits`; every set gets a seeded holdout of training groups (BMAD uses its own
+  ``valid/good`` instead). A crossing group is a DataError, except in the published splits of
+  ZhangLab, Uni-Medical and BMAD, which are kept as given with a warning naming the group.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
+import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +50,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from pdd.data.files import file_problem, read_text_file
+from pdd.data.groups import assign_groups, compile_group_pattern
 from pdd.data.readers import image_format, nifti_slice_count, read_image, read_mask
 from pdd.data.splits import Sample, check_split, read_manifest, seeded_split, write_manifest
 from pdd.data.transforms import mask_to_tensor, to_model_input
@@ -80,6 +93,9 @@ DEFAULT_HOLDOUT_FRACTION = 0.1
 
 _SALT_TEST, _SALT_HOLDOUT = 1, 2
 _UNIMEDICAL_CLASSES = ("brain", "liver", "retinal")
+_PUBLISHED = ("zhanglab", "unimedical", "bmad")
+"""Layouts whose official split is kept as given (a crossing group there is only a warning)."""
+_NORMAL_NAMES = ("good", "normal")
 
 
 @dataclass
@@ -99,6 +115,13 @@ class DatasetSplit:
         """Write the split as a CSV manifest that ``load_dataset(..., split_file=path)`` reproduces."""
         parts = {"train": self.train, "holdout": self.holdout, "test": self.test}
         return write_manifest(path, parts, self.root)
+
+    def group_counts(self) -> dict[str, int]:
+        """How many groups (patients, volumes, series, ...) each set holds, for the run record."""
+        return {
+            name: len({(s.class_name, s.group_id) for s in part})
+            for name, part in (("train", self.train), ("holdout", self.holdout), ("test", self.test))
+        }
 
 
 @dataclass
@@ -137,12 +160,36 @@ def _is_nifti_name(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
+def _sub(parent: Path, *names: str) -> Path:
+    """``parent/names...`` where each folder name matches in any letter case (an exact match
+    wins); the exact spelling, which does not exist, when nothing matches."""
+    path = parent
+    for name in names:
+        exact = path / name
+        if not exact.is_dir() and path.is_dir():
+            exact = next(
+                (p for p in sorted(path.iterdir()) if p.name.lower() == name.lower() and p.is_dir()),
+                exact,
+            )
+        path = exact
+    return path
+
+
+def _regular(entry: Path, skipped: list[tuple[str, str]] | None) -> bool:
+    """Whether ``entry`` is a regular file (judged without opening it); other non-folders are
+    counted in ``skipped`` when a list is given."""
+    problem = file_problem(entry)
+    if problem is not None and skipped is not None and not entry.is_dir():
+        skipped.append((str(entry), problem))
+    return problem is None
+
+
 def _images_in(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     """Image files of a folder, sorted; other files are counted skips, an empty folder too."""
     entries = sorted(folder.iterdir())
     images: list[Path] = []
     for entry in entries:
-        if entry.is_dir() or _is_hidden(entry):
+        if _is_hidden(entry) or not _regular(entry, skipped):
             continue
         if _has_image_extension(entry):
             images.append(entry)
@@ -196,7 +243,7 @@ def _parse_folder(root: Path, class_name: str | None) -> _Found:
 
     Without test/good the normal images of train/good are split by seed."""
     found = _Found(root)
-    train_dir = _require_dir(root / "train" / "good", "normal training image")
+    train_dir = _require_dir(_sub(root, "train", "good"), "normal training image")
     found.train = _expand(
         _images_in(train_dir, found.skipped),
         found.skipped,
@@ -204,24 +251,24 @@ def _parse_folder(root: Path, class_name: str | None) -> _Found:
         kind="good",
         class_name=class_name,
     )
-    test_dir = root / "test"
+    test_dir = _sub(root, "test")
     kinds = (
         sorted(p for p in test_dir.iterdir() if p.is_dir() and not _is_hidden(p))
         if test_dir.is_dir()
         else []
     )
-    has_test_good = any(k.name == "good" for k in kinds)
+    has_test_good = any(k.name.lower() in _NORMAL_NAMES for k in kinds)
     abnormal: list[Sample] = []
     test_normal: list[Sample] = []
     matched_masks: set[Path] = set()
     for kind_dir in kinds:
         images = _images_in(kind_dir, found.skipped)
-        if kind_dir.name == "good":
-            test_normal = _expand(
+        if kind_dir.name.lower() in _NORMAL_NAMES:
+            test_normal += _expand(
                 images, found.skipped, label=0, kind="good", class_name=class_name
             )
             continue
-        masks = _mask_index(root / "ground_truth" / kind_dir.name)
+        masks = _mask_index(root / "ground_truth" / kind_dir.name, None)
         by_stem = {_stem(p): p for p in images}
         for stem, mask in masks.items():
             if stem in by_stem:
@@ -232,7 +279,7 @@ def _parse_folder(root: Path, class_name: str | None) -> _Found:
     gt_dir = root / "ground_truth"
     if gt_dir.is_dir():
         for mask in sorted(gt_dir.rglob("*")):
-            if not mask.is_file() or _is_hidden(mask) or mask in matched_masks:
+            if _is_hidden(mask) or not _regular(mask, found.skipped) or mask in matched_masks:
                 continue
             if _has_image_extension(mask):
                 reason = f"mask has no matching image in test/{mask.parent.name}"
@@ -246,13 +293,14 @@ def _parse_folder(root: Path, class_name: str | None) -> _Found:
     return found
 
 
-def _mask_index(folder: Path) -> dict[str, Path]:
-    """image stem -> mask file, for masks named <stem>.<ext> or <stem>_mask.<ext>."""
+def _mask_index(folder: Path, skipped: list[tuple[str, str]] | None) -> dict[str, Path]:
+    """image stem -> mask file, for masks named <stem>.<ext> or <stem>_mask.<ext>; entries that
+    are not regular files are counted in ``skipped`` when a list is given."""
     if not folder.is_dir():
         return {}
     index: dict[str, Path] = {}
     for mask in sorted(folder.iterdir()):
-        if mask.is_file() and not _is_hidden(mask) and _has_image_extension(mask):
+        if not _is_hidden(mask) and _regular(mask, skipped) and _has_image_extension(mask):
             stem = _stem(mask)
             index[stem.removesuffix("_mask")] = mask
     return index
@@ -268,16 +316,18 @@ def _headct_root(root: Path) -> Path:
 
 
 def _parse_headct(root: Path, class_name: str | None) -> _Found:
-    """labels.csv with header ``id, hemorrhage`` (the space is in the published file); image id N is
+    """labels.csv with header ``id, hemorrhage`` (the space is in the published file) and optionally
+    ``group`` (e.g. a patient id: images of one group never cross sets); image id N is
     head_ct/NNN.png. Every id needs its image and every image its id: a mismatch means a broken copy."""
     labels_path = root / "labels.csv"
     image_dir = _require_dir(_headct_root(root), "head_ct image")
-    try:
-        rows = list(csv.reader(labels_path.read_text(encoding="utf-8-sig").splitlines()))
-    except FileNotFoundError:
-        raise DataError(f"{labels_path}: labels file not found") from None
-    if not rows or [c.strip().lower() for c in rows[0]] != ["id", "hemorrhage"]:
-        raise DataError(f"{labels_path}: header must be 'id, hemorrhage'")
+    rows = list(csv.reader(read_text_file(labels_path, "labels file").splitlines()))
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if header not in (["id", "hemorrhage"], ["id", "hemorrhage", "group"]):
+        raise DataError(
+            f"{labels_path}: header must be 'id, hemorrhage' or 'id, hemorrhage, group'"
+        )
+    expected = "'<id>, <0|1>'" if len(header) == 2 else "'<id>, <0|1>, <group>'"
     found = _Found(root)
     images = {p.name: p for p in _images_in(image_dir, found.skipped)}
     seen: set[str] = set()
@@ -285,10 +335,11 @@ def _parse_headct(root: Path, class_name: str | None) -> _Found:
         if not row or not "".join(row).strip():
             continue
         cells = [c.strip() for c in row]
-        if len(cells) != 2 or not cells[0].isdigit() or cells[1] not in ("0", "1"):
+        if len(cells) != len(header) or not cells[0].isdigit() or cells[1] not in ("0", "1"):
             raise DataError(
-                f"{labels_path}: line {line_no}: expected '<id>, <0|1>', got {','.join(row)!r}"
+                f"{labels_path}: line {line_no}: expected {expected}, got {','.join(row)!r}"
             )
+        group = cells[2] if len(cells) > 2 and cells[2] else None
         name = f"{int(cells[0]):03d}.png"
         if name in seen:
             raise DataError(f"{labels_path}: line {line_no}: id {cells[0]} is listed twice")
@@ -297,9 +348,11 @@ def _parse_headct(root: Path, class_name: str | None) -> _Found:
         if image is None:
             raise DataError(f"{labels_path}: id {cells[0]} has no image file {image_dir / name}")
         if cells[1] == "1":
-            found.abnormal.append(Sample(str(image), 1, "hemorrhage", None, None, class_name))
+            found.abnormal.append(
+                Sample(str(image), 1, "hemorrhage", None, None, class_name, group)
+            )
         else:
-            found.train.append(Sample(str(image), 0, "good", None, None, class_name))
+            found.train.append(Sample(str(image), 0, "good", None, None, class_name, group))
     for name, image in sorted(images.items()):
         if name not in seen:
             raise DataError(f"{image}: image has no id in {labels_path}")
@@ -352,7 +405,7 @@ def _parse_brainmri(root: Path, class_name: str | None) -> _Found:
 def _zhanglab_root(root: Path) -> Path:
     """Accept the folder holding chest_xray/ (also the archive's chest_xray/chest_xray) or chest_xray itself."""
     for candidate in (root / "chest_xray" / "chest_xray", root / "chest_xray", root):
-        if (candidate / "train" / "NORMAL").is_dir():
+        if _sub(candidate, "train", "NORMAL").is_dir():
             return candidate
     raise DataError(f"{root}: chest_xray/train/NORMAL folder not found")
 
@@ -363,15 +416,17 @@ def _parse_zhanglab(root: Path, class_name: str | None) -> _Found:
     base = _zhanglab_root(root)
     found = _Found(root)
     found.train = _expand(
-        _images_in(base / "train" / "NORMAL", found.skipped),
+        _images_in(_sub(base, "train", "NORMAL"), found.skipped),
         found.skipped,
         label=0,
         kind="good",
         class_name=class_name,
     )
-    test_normal = _images_in(_require_dir(base / "test" / "NORMAL", "test/NORMAL"), found.skipped)
+    test_normal = _images_in(
+        _require_dir(_sub(base, "test", "NORMAL"), "test/NORMAL"), found.skipped
+    )
     test_pneu = _images_in(
-        _require_dir(base / "test" / "PNEUMONIA", "test/PNEUMONIA"), found.skipped
+        _require_dir(_sub(base, "test", "PNEUMONIA"), "test/PNEUMONIA"), found.skipped
     )
     found.test = _expand(test_normal, found.skipped, label=0, kind="good", class_name=class_name)
     found.test += _expand(
@@ -383,10 +438,8 @@ def _parse_zhanglab(root: Path, class_name: str | None) -> _Found:
 def _read_meta(root: Path) -> dict:
     meta_path = root / "meta.json"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{meta_path}: meta.json not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta = json.loads(read_text_file(meta_path, "meta.json"))
+    except json.JSONDecodeError as exc:
         raise DataError(f"{meta_path}: not valid JSON ({exc})") from exc
     if (
         not isinstance(meta, dict)
@@ -426,16 +479,16 @@ def _parse_unimedical(root: Path, class_name: str | None) -> list[_Found]:
                     or "anomaly" not in record
                 ):
                     raise DataError(f"{where}: needs img_path and anomaly")
-                image = root / str(record["img_path"])
-                if not image.is_file():
-                    raise DataError(f"{where}: image file not found: {image}")
+                image = _meta_file(root, str(record["img_path"]), where, "image")
                 label = int(record["anomaly"])
                 if label not in (0, 1):
                     raise DataError(f"{where}: anomaly must be 0 or 1, got {record['anomaly']!r}")
                 mask_rel = record.get("mask_path") or ""
-                mask = str(root / mask_rel) if mask_rel and label == 1 else None
-                if mask is not None and not Path(mask).is_file():
-                    raise DataError(f"{where}: mask file not found: {mask}")
+                mask = (
+                    str(_meta_file(root, str(mask_rel), where, "mask"))
+                    if mask_rel and label == 1
+                    else None
+                )
                 kind = "good" if label == 0 else str(record.get("specie_name") or "ungood")
                 if phase == "train" and label == 1:
                     found.skipped.append((str(image), "anomalous image in a train list"))
@@ -450,9 +503,23 @@ def _parse_unimedical(root: Path, class_name: str | None) -> list[_Found]:
     return per_class
 
 
+def _meta_file(root: Path, listed: str, where: str, what: str) -> Path:
+    """A file meta.json lists: a regular file inside the root, else a DataError naming the record."""
+    path = root / listed
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise DataError(f"{where}: {what} {listed!r} is outside the dataset folder {root}")
+    problem = file_problem(path)
+    if problem == "file not found":
+        raise DataError(f"{where}: {what} file not found: {path}")
+    if problem is not None:
+        raise DataError(f"{where}: {what} file {path}: {problem}")
+    return path
+
+
 def _bmad_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     """BMAD keeps images in <split>/<good|Ungood>/img/; some sets put them directly in the folder."""
-    return _images_in(folder / "img" if (folder / "img").is_dir() else folder, skipped)
+    images = _sub(folder, "img")
+    return _images_in(images if images.is_dir() else folder, skipped)
 
 
 def _parse_bmad_one(root: Path, class_name: str | None) -> _Found:
@@ -460,21 +527,21 @@ def _parse_bmad_one(root: Path, class_name: str | None) -> _Found:
     valid/good is the holdout (an official one); valid/Ungood is not used."""
     found = _Found(root, test=[])
     found.train = _expand(
-        _bmad_images(_require_dir(root / "train" / "good", "train/good"), found.skipped),
+        _bmad_images(_require_dir(_sub(root, "train", "good"), "train/good"), found.skipped),
         found.skipped,
         label=0,
         kind="good",
         class_name=class_name,
     )
-    if (root / "valid" / "good").is_dir():
+    if _sub(root, "valid", "good").is_dir():
         found.holdout = _expand(
-            _bmad_images(root / "valid" / "good", found.skipped),
+            _bmad_images(_sub(root, "valid", "good"), found.skipped),
             found.skipped,
             label=0,
             kind="good",
             class_name=class_name,
         )
-    test_good = _require_dir(root / "test" / "good", "test/good")
+    test_good = _require_dir(_sub(root, "test", "good"), "test/good")
     found.test = _expand(
         _bmad_images(test_good, found.skipped),
         found.skipped,
@@ -482,8 +549,8 @@ def _parse_bmad_one(root: Path, class_name: str | None) -> _Found:
         kind="good",
         class_name=class_name,
     )
-    bad_dir = _require_dir(root / "test" / "Ungood", "test/Ungood")
-    masks = _mask_index(bad_dir / "label")
+    bad_dir = _require_dir(_sub(root, "test", "Ungood"), "test/Ungood")
+    masks = _mask_index(_sub(bad_dir, "label"), found.skipped)
     images = _bmad_images(bad_dir, found.skipped)
     stems = {_stem(p) for p in images}
     for stem, mask in sorted(masks.items()):
@@ -500,7 +567,7 @@ def _subclass_dirs(root: Path, marker: Sequence[str]) -> list[Path]:
         sorted(
             p
             for p in root.iterdir()
-            if p.is_dir() and not _is_hidden(p) and p.joinpath(*marker).is_dir()
+            if p.is_dir() and not _is_hidden(p) and _sub(p, *marker).is_dir()
         )
         if root.is_dir()
         else []
@@ -515,7 +582,7 @@ def _multi_class(
     fmt: str,
 ) -> list[_Found]:
     """A layout stored either at the root (one class) or once per class in sub-folders."""
-    if root.joinpath(*marker).is_dir():
+    if _sub(root, *marker).is_dir():
         if class_name is not None:
             raise DataError(f"{root}: {fmt} set has a single class; do not pass a class name")
         return [parse_one(root, None)]
@@ -557,7 +624,8 @@ _LOOKED_FOR = (
 
 
 def _is_bmad(path: Path) -> bool:
-    return (path / "train" / "good").is_dir() and (
+    # valid/ and test/Ungood match exactly: Uni-Medical's test/ungood must not look like BMAD
+    return _sub(path, "train", "good").is_dir() and (
         (path / "valid").is_dir() or (path / "test" / "Ungood").is_dir()
     )
 
@@ -572,14 +640,13 @@ def _matches(root: Path) -> list[str]:
         root / "brain_tumor_dataset" / "yes"
     ).is_dir():
         found.append("brainmri")
-    if (root / "chest_xray").is_dir() or (root / "train" / "NORMAL").is_dir():
+    if (root / "chest_xray").is_dir() or _sub(root, "train", "NORMAL").is_dir():
         found.append("zhanglab")
     subdirs = _subclass_dirs(root, ("train", "good"))
-    if _is_bmad(root) or (
-        not (root / "train" / "good").is_dir() and subdirs and all(_is_bmad(d) for d in subdirs)
-    ):
+    single = _sub(root, "train", "good").is_dir()
+    if _is_bmad(root) or (not single and subdirs and all(_is_bmad(d) for d in subdirs)):
         found.append("bmad")
-    elif ((root / "train" / "good").is_dir() or subdirs) and not found:
+    elif (single or subdirs) and not found:
         found.append("folder")  # the generic layout only when no published layout's marker is there
     return found
 
@@ -605,7 +672,7 @@ def list_classes(root: str | Path, format: str = "auto") -> list[str]:
     fmt = detect_format(root) if format == "auto" else _check_format(format)
     if fmt == "unimedical":
         return sorted(_read_meta(root)["train"])
-    if fmt in ("folder", "bmad") and not (root / "train" / "good").is_dir():
+    if fmt in ("folder", "bmad") and not _sub(root, "train", "good").is_dir():
         return [p.name for p in _subclass_dirs(root, ("train", "good"))]
     return []
 
@@ -630,14 +697,20 @@ def load_dataset(
     split_file: str | Path | None = None,
     test_normal_fraction: float = DEFAULT_TEST_NORMAL_FRACTION,
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    group_by: str | re.Pattern[str] | None = None,
 ) -> DatasetSplit:
-    """Find a dataset's images and split them into train / holdout / test.
+    """Find a dataset's images and split them into train / holdout / test, whole groups at a time.
 
-    With ``split_file`` the split is read from that manifest instead (and must still match files
-    on disk), so a published result can be reproduced exactly; the folder is not rescanned then,
-    so ``skipped`` is empty and ``seed`` and the fractions are not used.
+    ``group_by`` is a regular expression: an image's group is its first match in the file name (or
+    the match's group 1 when the pattern has a group), merged with the volume / DICOM / labels.csv
+    groups; a file name that does not match is a DataError. With ``split_file`` the split is read
+    from that manifest instead (and must still match files on disk), so a published result can be
+    reproduced exactly; the folder is not rescanned then, so ``skipped`` is empty and ``seed`` and
+    the fractions are not used. A group in two sets is a DataError naming it (a warning for the
+    published splits of ZhangLab, Uni-Medical and BMAD).
     """
     root = Path(root)
+    pattern = compile_group_pattern(group_by)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     if format == "auto":
@@ -646,7 +719,7 @@ def load_dataset(
     else:
         fmt = _check_format(format)
     if split_file is not None:
-        parts = read_manifest(split_file, root)
+        parts = read_manifest(split_file, root, group_by=pattern, published=fmt in _PUBLISHED)
         if not parts["train"]:
             raise DataError(f"{split_file}: manifest has no training images")
         classes = {s.class_name for part in parts.values() for s in part}
@@ -668,13 +741,13 @@ def load_dataset(
         if not found.train:
             raise DataError(f"{found.where}: no normal training images found for the {fmt} layout")
         class_train, class_holdout, class_test = _split(
-            found, seed, test_normal_fraction, holdout_fraction
+            _grouped(found, root, pattern), seed, test_normal_fraction, holdout_fraction
         )
         train += class_train
         holdout += class_holdout
         test += class_test
         skipped += found.skipped
-    check_split(train, holdout, test, str(root))
+    check_split(train, holdout, test, str(root), published=fmt in _PUBLISHED)
     return DatasetSplit(
         train=train,
         holdout=holdout,
@@ -687,18 +760,52 @@ def load_dataset(
     )
 
 
+def _grouped(found: _Found, root: Path, pattern: re.Pattern[str] | None) -> _Found:
+    """``found`` with every sample's group assigned, over all of its lists at once (a patient with
+    images in train/good and test/good is one group)."""
+    lists = [found.train, found.test or [], found.abnormal, found.holdout or []]
+    flat = assign_groups([s for part in lists for s in part], root, pattern)
+    grouped: list[list[Sample]] = []
+    for part in lists:
+        grouped.append(flat[: len(part)])
+        flat = flat[len(part) :]
+    return dataclasses.replace(
+        found,
+        train=grouped[0],
+        test=None if found.test is None else grouped[1],
+        abnormal=grouped[2],
+        holdout=None if found.holdout is None else grouped[3],
+    )
+
+
+def _draw(
+    where: Path, samples: list[Sample], fraction: float, seed: int, salt: int, what: str
+) -> tuple[list[Sample], list[Sample]]:
+    """The seeded group draw; refusing, rather than leaking, when a single group holds them all."""
+    kept, taken = seeded_split(samples, fraction, seed, salt)
+    if not taken and fraction > 0 and len(samples) >= 2:
+        raise DataError(
+            f"{where}: cannot hold out {what} normal images: all {len(samples)} belong to group "
+            f"{samples[0].group_id!r} (one volume, series, patient or group), which must stay "
+            "in one set"
+        )
+    return kept, taken
+
+
 def _split(
     found: _Found, seed: int, test_fraction: float, holdout_fraction: float
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """One class: the seeded normal test split when there is no official one, then the holdout."""
     train = list(found.train)
     if found.test is None:
-        train, test_normal = seeded_split(train, test_fraction, seed, _SALT_TEST)
+        train, test_normal = _draw(found.where, train, test_fraction, seed, _SALT_TEST, "test")
         test = test_normal + found.abnormal
     else:
         test = list(found.test)
     if found.holdout is None:
-        train, holdout = seeded_split(train, holdout_fraction, seed, _SALT_HOLDOUT)
+        train, holdout = _draw(
+            found.where, train, holdout_fraction, seed, _SALT_HOLDOUT, "holdout"
+        )
     else:
         holdout = list(found.holdout)
     return train, holdout, test

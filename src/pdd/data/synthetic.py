@@ -154,11 +154,14 @@ def write_dicom(
     window: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
     photometric: str = "MONOCHROME2",
     uid_seed: str = "pdd-phantom",
+    patient_id: str | None = None,
 ) -> Path:
     """Write a single-frame grey DICOM (CT image storage) from an integer HxW array.
 
     ``window`` may be one (center, width) or several (stored multi-valued). UIDs derive from
-    ``uid_seed`` and the path so that output is deterministic.
+    ``uid_seed`` and the path so that output is deterministic. ``patient_id`` defaults to one
+    derived from ``uid_seed`` (so files with different seeds are different patients); ``""`` writes
+    an empty PatientID.
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -184,7 +187,9 @@ def write_dicom(
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
     ds.Modality = "CT"
     ds.PatientName = "Phantom^Synthetic"
-    ds.PatientID = "PHANTOM"
+    if patient_id is None:
+        patient_id = "PHANTOM-" + generate_uid(entropy_srcs=[uid_seed, "patient"])[-16:]
+    ds.PatientID = patient_id
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
