@@ -4,17 +4,41 @@ Decoder stages follow reverse distillation: "de-bottleneck" blocks (the ResNet b
 stride-2 3x3 conv replaced by a 2x2 stride-2 transposed conv) that double the resolution while the
 channels go from the deeper teacher level to the shallower one. Widths use the wide-ResNet factor 2
 (inner width = 2 x planes, output = 4 x planes), as in the Wide-ResNet-50-2 teacher they mirror.
+
+``init_as_released`` gives the trainable parts the initialisation of the released PDD decoder and
+of the official RD4AD code (both use torchvision's ResNet recipe), rather than PyTorch's defaults.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["Adapter", "Bottleneck", "DeBottleneck", "DecoderStage", "conv_bn"]
+__all__ = [
+    "Adapter",
+    "Bottleneck",
+    "DeBottleneck",
+    "DecoderStage",
+    "conv_bn",
+    "init_as_released",
+]
 
 # Wide-ResNet-50-2: a bottleneck's inner width is 2 x planes, its output 4 x planes.
 WIDTH_FACTOR = 2
 EXPANSION = 4
+
+
+def init_as_released(module: nn.Module) -> None:
+    """Kaiming-normal (``fan_out``, ReLU gain) for every ``Conv2d``, BatchNorm weight 1 / bias 0.
+
+    ``ConvTranspose2d`` is not a ``Conv2d`` subclass and keeps PyTorch's default, as in the released
+    code. Draws from the global RNG, so the run's seed (set before the model is built) fixes them.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def conv_bn(

@@ -14,7 +14,11 @@ both students' disagreement with f_l makes the anomaly map.
 Ablations (config switches): ``dual_teacher: false`` (CNN only: f_l = y_l, u = y4), ``ina: false``
 (f_l = y_l), ``mpa: false``, ``num_students: 1`` (only the prior-fed student, trained with L_s2;
 without MPA it is a plain student), ``diversity: false``. ``students: shared`` uses one decoder for
-both students (the released code): then only the prior makes student 2 differ.
+both students (the released code): then only the prior makes student 2 differ, and, as released,
+student 2 runs first in each forward.
+
+Trainable parts start as in the released decoder: Kaiming-normal convs, BatchNorm at 1 / 0
+(``blocks.init_as_released``), drawn from the global RNG that the run's seed fixes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 
 from pdd.models import losses
 from pdd.models.base import AnomalyModel
-from pdd.models.blocks import Adapter, DecoderStage
+from pdd.models.blocks import Adapter, DecoderStage, init_as_released
 
 __all__ = ["CNN_TEACHER", "PDD", "SSM_TEACHER", "ManifoldPrior", "Student"]
 
@@ -103,6 +107,9 @@ class PDD(AnomalyModel):
         self.students = nn.ModuleList(
             Student(cnn, config["decoder_blocks"]) for _ in range(count)
         )
+        for part in (self.ina, self.mmu, self.prior, self.students):
+            if part is not None:
+                init_as_released(part)
 
     def targets(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         """Distillation targets [f1, f2, f3] and the unified manifold u."""
@@ -137,7 +144,10 @@ class PDD(AnomalyModel):
             )
         if self.config["num_students"] == 1:
             return [self.students[0](u, priors)]
-        return [self.students[0](u), self.students[-1](u, priors)]
+        # As released: the prior-fed student runs first, so a shared decoder's BatchNorm running
+        # statistics are updated by student 2's batch, then by student 1's.
+        prior_fed = self.students[-1](u, priors)
+        return [self.students[0](u), prior_fed]
 
     def feature_pairs(self, images: Tensor) -> list[tuple[Tensor, Tensor]]:
         f, u = self.targets(images)

@@ -4,7 +4,8 @@ The frozen Wide-ResNet-50-2 gives y1..y3 (256@/4, 512@/8, 1024@/16). The one-cla
 embedding (OCBE) brings y1 and y2 down to /16 with strided 3x3 convs, concatenates them with y3 and
 compresses the result with bottleneck blocks to 2048@/32. A decoder that mirrors the encoder
 (de-bottleneck stages of 3, 4 and 6 blocks) reconstructs y3, y2, y1 from it; the loss is
-sum_l mean_b (1 - cos_b) and the anomaly map is the same as PDD's.
+sum_l mean_b (1 - cos_b) and the anomaly map is the same as PDD's. OCBE and decoder start as in
+the official code: Kaiming-normal convs, BatchNorm at 1 / 0 (``blocks.init_as_released``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from pdd.models import losses
 from pdd.models.base import AnomalyModel
-from pdd.models.blocks import Bottleneck, DecoderStage, conv_bn
+from pdd.models.blocks import Bottleneck, DecoderStage, conv_bn, init_as_released
 
 __all__ = ["OCBE", "RD4AD"]
 
@@ -67,6 +68,8 @@ class RD4AD(AnomalyModel):
                 DecoderStage(c2, c1, blocks[2]),
             ]
         )
+        init_as_released(self.bottleneck)
+        init_as_released(self.decoder)
 
     def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher targets [y1, y2, y3] and the decoder's reconstructions, shallow first."""
