@@ -29,7 +29,8 @@ Policies (the same for every layout):
 - Every image belongs to a group (:mod:`pdd.data.groups`: a NIfTI volume, a DICOM series and
   patient, a ``group_by`` file-name match, a labels.csv ``group``) that never crosses train /
   holdout / test. Sets without an official split get the seeded group split of
-  :mod:`pdd.data.splits`; every set gets a seeded holdout of training groups (BMAD uses its own
+  :mod:`pdd.data.splits` (the normal images of a group with anomalous images go to test with
+  them); every set gets a seeded holdout of training groups (BMAD uses its own
   ``valid/good`` instead). A crossing group is a DataError, except in the published splits of
   ZhangLab, Uni-Medical and BMAD, which are kept as given with a warning naming the group.
 """
@@ -43,7 +44,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -779,10 +780,21 @@ def _grouped(found: _Found, root: Path, pattern: re.Pattern[str] | None) -> _Fou
 
 
 def _draw(
-    where: Path, samples: list[Sample], fraction: float, seed: int, salt: int, what: str
+    where: Path,
+    samples: list[Sample],
+    fraction: float,
+    seed: int,
+    salt: int,
+    what: str,
+    must_take: Collection[tuple[str, str]] = (),
 ) -> tuple[list[Sample], list[Sample]]:
     """The seeded group draw; refusing, rather than leaking, when a single group holds them all."""
-    kept, taken = seeded_split(samples, fraction, seed, salt)
+    kept, taken = seeded_split(samples, fraction, seed, salt, must_take)
+    if not kept:
+        raise DataError(
+            f"{where}: no normal training images left: every normal image shares a group "
+            "with an anomalous (tested) image"
+        )
     if not taken and fraction > 0 and len(samples) >= 2:
         raise DataError(
             f"{where}: cannot hold out {what} normal images: all {len(samples)} belong to group "
@@ -798,7 +810,10 @@ def _split(
     """One class: the seeded normal test split when there is no official one, then the holdout."""
     train = list(found.train)
     if found.test is None:
-        train, test_normal = _draw(found.where, train, test_fraction, seed, _SALT_TEST, "test")
+        tested = {(s.class_name or "", s.group_id) for s in found.abnormal}
+        train, test_normal = _draw(
+            found.where, train, test_fraction, seed, _SALT_TEST, "test", tested
+        )
         test = test_normal + found.abnormal
     else:
         test = list(found.test)
@@ -819,6 +834,27 @@ def _all_masked(test: Sequence[Sample]) -> bool:
 # --- prediction inputs ------------------------------------------------------------------------------
 
 
+def _input_files(folder: Path, report: Callable[[Path, str], None]) -> list[Path]:
+    """Every non-hidden entry below ``folder`` that is not a folder, sorted. Links to folders are
+    followed, each real folder once (judged by device and inode), so a link loop ends where it
+    closes; a folder that cannot be listed is reported."""
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+
+    def unreadable(exc: OSError) -> None:
+        report(Path(exc.filename or folder), f"cannot read folder ({exc.strerror or exc})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in visited:
+            dirnames.clear()
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        dirnames[:] = [name for name in dirnames if not _is_hidden(Path(dirpath, name))]
+        found += [Path(dirpath, name) for name in filenames if not _is_hidden(Path(dirpath, name))]
+    return sorted(found)
+
+
 def collect_inputs(
     paths: Sequence[str | Path], skipped: list[tuple[str, str]] | None = None
 ) -> list[Sample]:
@@ -827,30 +863,41 @@ def collect_inputs(
 
     Files are recognised by content. A file that looks like an image by name or content but cannot be
     used is reported: appended to ``skipped`` as (path, reason) when a list is given, else raised as
-    DataError. Files in folders that are not images at all (no image extension, no image content,
-    e.g. a README) are ignored. A path that does not exist is always a DataError.
+    DataError. So is every entry that is not a regular file (named pipe, socket, device, broken
+    link: judged by ``stat``, never opened), a NIfTI volume without slices and a folder that cannot
+    be listed. Files in folders that are not images at all (no image extension, no image content,
+    e.g. a README) are ignored. Links to folders are followed, each real folder once. Each file is
+    taken once, under its first spelling (paths are compared after resolving links), so a file
+    given twice, or given with its folder, is scored once. A path that does not exist is always a
+    DataError.
     """
     samples: list[Sample] = []
+    seen: set[str] = set()
+
+    def report(path: Path, reason: str) -> None:
+        if skipped is None:
+            raise DataError(f"{path}: {reason}")
+        skipped.append((str(path), reason))
+
     for given in paths:
         given = Path(given)
         if given.is_dir():
-            candidates = [
-                p
-                for p in sorted(given.rglob("*"))
-                if p.is_file()
-                and not any(
-                    part.startswith(".") or part == "__MACOSX"
-                    for part in p.relative_to(given).parts
-                )
-            ]
+            candidates = _input_files(given, report)
             explicit = False
-        elif given.is_file():
+        elif os.path.lexists(given):
             candidates = [given]
             explicit = True
         else:
             raise DataError(f"{given}: input not found")
         for path in candidates:
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
             try:
+                problem = file_problem(path)
+                if problem is not None:
+                    raise DataError(f"{path}: {problem}")
                 fmt = image_format(path)
                 if fmt is None:
                     if explicit or _has_image_extension(path):
@@ -866,9 +913,7 @@ def collect_inputs(
                 else:
                     samples.append(Sample(str(path), -1, "unknown", None, None, None))
             except DataError as exc:
-                if skipped is None:
-                    raise
-                skipped.append((str(path), str(exc).removeprefix(f"{path}: ")))
+                report(path, str(exc).removeprefix(f"{path}: "))
     return samples
 
 

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +81,18 @@ def _order(sample: Sample) -> tuple[str, str]:
 
 
 def seeded_split(
-    samples: Sequence[Sample], fraction: float, seed: int, salt: int
+    samples: Sequence[Sample],
+    fraction: float,
+    seed: int,
+    salt: int,
+    must_take: Collection[tuple[str, str]] = (),
 ) -> tuple[list[Sample], list[Sample]]:
     """Split samples into (kept, taken) by whole groups, taking as close to ``round(fraction * n)``
     images as the groups allow: at least one group when ``fraction > 0`` and there are two or more,
     never every group. ``salt`` separates the test and holdout draws so that they are independent
     for the same seed. With a single group nothing is taken (the caller decides whether that is
-    an error).
+    an error). Groups in ``must_take`` (``(class_name or "", group_id)``; e.g. the normal images of a
+    patient whose anomalous images are tested) are taken first and count towards the target.
 
     Groups are visited in a seeded random order and each is taken when that brings the image count
     closer to the target; with one image per group this takes exactly the first ``round(fraction *
@@ -102,12 +107,15 @@ def seeded_split(
     target = 0
     if fraction > 0 and n >= 2:
         target = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
-    taken: list[int] = []
+    keys = list(members)
+    taken = [i for i, key in enumerate(keys) if key in must_take]
     if target and len(groups) >= 2:
         order = np.random.default_rng([seed, salt]).permutation(len(groups)).tolist()
-        count = 0
+        count = sum(len(groups[i]) for i in taken)
         for index in order:
             size = len(groups[index])
+            if index in taken:
+                continue
             if len(taken) + 1 < len(groups) and abs(count + size - target) < abs(count - target):
                 taken.append(index)
                 count += size
