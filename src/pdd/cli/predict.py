@@ -1,8 +1,9 @@
-"""`pdd predict`: score new scans with a saved model and write heatmap overlays."""
+"""`pdd predict`: score images, DICOM series and NIfTI volumes with a saved model."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pdd.cli._common import (
     Progress,
@@ -10,65 +11,144 @@ from pdd.cli._common import (
     existing_path,
     parse_window,
     positive_int,
-    prepare_output_folder,
     user_path,
 )
-from pdd.errors import DataError
+from pdd.errors import ConfigError, DataError
 
 __all__ = ["register"]
+
+ACCELERATORS = ("cpu", "gpu", "auto")
+STRATEGIES = ("ddp", "auto")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `predict` to the `pdd` command table."""
     parser = sub.add_parser(
         "predict",
-        help="score images, DICOM files or NIfTI volumes with a checkpoint",
-        description="Score each input (files, folders searched recursively, DICOM, NIfTI volumes "
-        "one axial slice at a time). Writes scores.csv (path, score, decision at the checkpoint's "
-        "threshold, heatmap) and one heatmap overlay PNG per image, coloured with the "
-        "checkpoint's fixed map range so colours compare across images.",
+        help="score images, DICOM series or NIfTI volumes with a checkpoint",
+        description="Score each input (files, folders searched recursively). NIfTI volumes and "
+        "DICOM series are scored as scans: volumes.csv has one row per scan, maps/ holds each "
+        "volume's anomaly map as NIfTI in the volume's geometry, dicom/ a derived series per DICOM "
+        "series. scores.csv has one row per slice or image; 2-D images get heatmap overlay PNGs "
+        "coloured with the checkpoint's fixed map range. Runs through Lightning's predict loop, "
+        "on several devices or machines with --devices/--num-nodes/--strategy ddp; an "
+        "interrupted run continues with --resume OUT.",
     )
-    parser.add_argument("--checkpoint", type=user_path, required=True, help="model.ckpt from fit")
-    parser.add_argument("inputs", type=user_path, nargs="+", metavar="INPUT", help="file or folder")
-    parser.add_argument("--out", type=user_path, required=True, help="folder for the results")
+    parser.add_argument("--checkpoint", type=user_path, help="model.ckpt from fit")
+    parser.add_argument("inputs", type=user_path, nargs="*", metavar="INPUT", help="file or folder")
+    parser.add_argument("--out", type=user_path, help="new or empty folder for the results")
+    parser.add_argument(
+        "--resume", type=user_path, metavar="OUT",
+        help="continue the interrupted run in OUT (only the options below may be given with it)",
+    )
     parser.add_argument(
         "--window", metavar="C,W", help="DICOM window centre,width (default: the file's own)"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     parser.add_argument(
-        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)"
+        "--scan-score", metavar="RULE",
+        help="scan score from its slice scores: max (the default) or mean-top-K, e.g. mean-top-3",
     )
+    parser.add_argument("--batch-size", type=positive_int, help="images per batch and device (default: 8)")
+    parser.add_argument("--accelerator", choices=ACCELERATORS, help="default: auto")
+    parser.add_argument("--devices", help="devices per node: a number or auto (default: 1)")
+    parser.add_argument("--num-nodes", type=positive_int, help="machines (default: 1)")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="default: auto")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: 32-true")
+    parser.add_argument("--num-workers", type=int, help="data loader workers per process (default: 0)")
+    parser.add_argument("--device", help=argparse.SUPPRESS)  # replaced by --accelerator/--devices
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     parser.set_defaults(handler=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pdd.engine.predict import SKIPPED_FILE, predict
+def _devices(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--devices: expected a number or auto, got {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"--devices: expected a number >= 1, got {value}")
+    return value
 
-    window = parse_window(args.window)
-    existing_file(args.checkpoint, "checkpoint")
-    for path in args.inputs:
-        existing_path(path, "input")
-    prepare_output_folder(args.out)
-    result = predict(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        window=window,
-        batch_size=args.batch_size,
-        device=args.device,
-        on_progress=Progress("predict", enabled=not args.no_progress).update,
-    )
-    flagged = sum(p.decision == "anomalous" for p in result.predictions)
-    print(
-        f"scored {len(result.predictions)} images: {flagged} anomalous, "
-        f"{len(result.predictions) - flagged} normal (threshold {result.threshold:.6g})"
-    )
-    print(f"scores: {result.scores_csv}")
-    print(f"heatmaps: {args.out / 'heatmaps'}")
-    if result.skipped:
-        raise DataError(
-            f"{len(result.skipped)} input(s) could not be read, e.g. {result.skipped[0][0]}; "
-            f"see {args.out / SKIPPED_FILE}"
+
+def _run(args: argparse.Namespace) -> int:
+    from pdd.engine import predict as engine
+
+    if args.device is not None:
+        raise ConfigError(
+            f"--device {args.device}: replaced by --accelerator cpu|gpu|auto and --devices N"
         )
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ConfigError(f"--num-workers: expected a number >= 0, got {args.num_workers}")
+    running = {
+        "accelerator": args.accelerator,
+        "devices": _devices(args.devices),
+        "num_nodes": args.num_nodes,
+        "strategy": args.strategy,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+    }
+    progress = Progress("predict", enabled=not args.no_progress).update
+    if args.resume is not None:
+        fixed = {
+            "--checkpoint": args.checkpoint, "--out": args.out, "--window": args.window,
+            "--precision": args.precision, "INPUT": args.inputs or None,
+        }
+        fixed["--scan-score"] = args.scan_score
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise ConfigError(f"--resume: {', '.join(given)} cannot be given; the run's own are used")
+        existing_path(args.resume, "run folder")
+        result = engine.resume(args.resume, overrides=running, on_progress=progress)
+        out = args.resume
+    else:
+        if args.checkpoint is None or args.out is None or not args.inputs:
+            raise ConfigError("predict needs --checkpoint FILE, --out DIR and at least one INPUT (or --resume OUT)")
+        existing_file(args.checkpoint, "checkpoint")
+        for path in args.inputs:
+            existing_path(path, "input")
+        rule = args.scan_score or engine.DEFAULT_SCAN_RULE
+        engine.parse_scan_rule(rule)
+        options = engine.PredictOptions(
+            checkpoint=args.checkpoint,
+            inputs=tuple(args.inputs),
+            out=args.out,
+            window=parse_window(args.window),
+            scan_rule=rule,
+            precision=args.precision or "32-true",
+            **{k: v for k, v in running.items() if v is not None},
+        )
+        result = engine.predict(options, on_progress=progress)
+        out = args.out
+    if result is None:  # another process of a multi-process run: rank 0 reports
+        return 0
+    _report(result, Path(out))
     return 0
+
+
+def _report(result, out: Path) -> None:  # result: engine.predict.PredictResult
+    from pdd.engine.predict import NOTES_FILE, SKIPPED_FILE, VOLUMES_FILE
+
+    if result.threshold is None:
+        print(f"scored {result.scored} images (the checkpoint has no threshold: no decisions)")
+    else:
+        print(
+            f"scored {result.scored} images: {result.anomalous} anomalous, "
+            f"{result.scored - result.anomalous} normal (threshold {result.threshold:.6g})"
+        )
+    print(f"scores: {result.scores_csv}")
+    if result.volumes:
+        print(f"scans: {result.volumes} in {out / VOLUMES_FILE}")
+    if result.notes:
+        print(f"notes: {result.notes} series scored as images or without geometry, see {out / NOTES_FILE}")
+    print(
+        f"throughput: {result.newly_scored} images in {result.seconds:.1f} s "
+        f"({result.images_per_second:.2f} images/s)"
+    )
+    if result.skipped:
+        first = result.first_skip[0] if result.first_skip else "?"
+        raise DataError(
+            f"{result.skipped} input(s) could not be read, e.g. {first}; see {out / SKIPPED_FILE}"
+        )

@@ -1,0 +1,126 @@
+"""In-process scoring: ``Detector.load(checkpoint).predict(x)`` without writing any file.
+
+Arrays are read the way files are (see ``pdd.data.readers``): 8-bit and 16-bit integers divided by
+their type's maximum, floats already in [0, 1] kept, other types min-max scaled per image, grey
+replicated to three channels, alpha dropped. So an array and the PNG it came from give the same
+score as ``pdd predict`` (same resize, same normalisation, same model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union, overload
+
+import numpy as np
+import torch
+
+from pdd.errors import ConfigError, DataError
+
+__all__ = ["Detection", "Detector"]
+
+ImageInput = Union[np.ndarray, str, Path]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One scored image: ``anomaly_map`` is HxW float32 at the input's own resolution;
+    ``is_anomalous`` is ``score > threshold``, None when the checkpoint has no threshold."""
+
+    score: float
+    anomaly_map: np.ndarray
+    is_anomalous: bool | None
+    threshold: float | None
+
+
+class Detector:
+    """A loaded checkpoint ready to score images in this process."""
+
+    def __init__(self, model: torch.nn.Module, threshold: float | None, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.threshold = threshold
+        self.device = torch.device(device)
+        self.image_size = int(model.config["image_size"])  # type: ignore[index]
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "cpu") -> Detector:
+        """Load ``checkpoint`` (from ``pdd fit``) onto ``device`` (a torch device string)."""
+        from pdd.engine.checkpoint import load
+        from pdd.engine.predict import stored_statistics
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is available to torch; use device='cpu'")
+        model, meta = load(Path(checkpoint))
+        return cls(model, stored_statistics(meta)[0], device)
+
+    @overload
+    def predict(self, x: ImageInput, *, batch_size: int = ...) -> Detection: ...
+
+    @overload
+    def predict(self, x: Sequence[ImageInput], *, batch_size: int = ...) -> list[Detection]: ...
+
+    def predict(
+        self, x: ImageInput | Sequence[ImageInput], *, batch_size: int = 8
+    ) -> Detection | list[Detection]:
+        """Score one image (array HxW / HxWxC of any int or float type, or a file path) or a list.
+
+        A file is read with ``pdd.data.read_image`` (a multi-slice NIfTI needs ``pdd predict``).
+        """
+        single = isinstance(x, (np.ndarray, str, Path))
+        items = [x] if single else list(x)  # type: ignore[list-item, arg-type]
+        images = [_read(item, position) for position, item in enumerate(items)]
+        results: list[Detection] = []
+        for start in range(0, len(images), batch_size):
+            results += self._score(images[start : start + batch_size])
+        return results[0] if single else results
+
+    def _score(self, images: list[np.ndarray]) -> list[Detection]:
+        from pdd.data import to_model_input
+        from pdd.engine.scan_maps import map_at_size
+
+        batch = torch.stack([to_model_input(image, self.image_size) for image in images])
+        with torch.inference_mode():
+            maps, scores = self.model(batch.to(self.device))
+        results = []
+        for image, amap, score in zip(images, maps.float().cpu().numpy(), scores.float().cpu()):
+            value = float(score)
+            results.append(
+                Detection(
+                    score=value,
+                    anomaly_map=map_at_size(amap, image.shape[:2]),
+                    is_anomalous=None if self.threshold is None else value > self.threshold,
+                    threshold=self.threshold,
+                )
+            )
+        return results
+
+
+def _read(item: ImageInput, position: int) -> np.ndarray:
+    from pdd.data import read_image
+
+    if isinstance(item, (str, Path)):
+        return read_image(Path(item))
+    if not isinstance(item, np.ndarray):
+        raise DataError(f"input {position}: expected a NumPy array or a file path, got {type(item).__name__}")
+    return image_from_array(item, f"input {position}")
+
+
+def image_from_array(array: np.ndarray, name: str = "array") -> np.ndarray:
+    """An HxW or HxWxC array as float32 HxWx3 in [0, 1], by the readers' rules for raster files."""
+    # The readers' own scaling helpers, so that arrays and files can never drift apart.
+    from pdd.data.readers import _check_size, _scale_raster, _to_rgb
+
+    values = np.asarray(array)
+    if values.ndim == 3 and values.shape[2] in (1, 2):
+        values = values[..., 0]  # grey, or grey + alpha
+    elif values.ndim == 3 and values.shape[2] == 4:
+        values = values[..., :3]  # alpha dropped
+    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[2] != 3):
+        raise DataError(f"{name}: expected HxW or HxWxC (C = 1..4), got shape {array.shape}")
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating) or values.dtype == np.bool_):
+        raise DataError(f"{name}: expected integer or float pixels, got {values.dtype}")
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+        raise DataError(f"{name}: pixel data contains NaN or infinite values")
+    _check_size(Path(name), int(values.shape[0]), int(values.shape[1]))
+    return _to_rgb(_scale_raster(values))
