@@ -3,6 +3,8 @@ and every bad-layout case with its exact one-line message."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -330,7 +332,8 @@ def test_collect_inputs_files_folders_dicom_nifti(tmp_path: Path) -> None:
     skipped: list[tuple[str, str]] = []
     samples = collect_inputs([folder, folder / "a.png"], skipped)
     keys = [Path(s.key).name for s in samples]
-    assert keys == ["a.png", "IM0001", "b.dcm", "c.nii.gz#0", "c.nii.gz#1", "c.nii.gz#2", "a.png"]
+    # a.png given again after its folder is scored once (issue 11, case 22)
+    assert keys == ["a.png", "IM0001", "b.dcm", "c.nii.gz#0", "c.nii.gz#1", "c.nii.gz#2"]
     assert all(s.label == -1 and s.kind == "unknown" for s in samples)
     assert skipped == [(str(folder / "broken.png"), "file is empty (0 bytes)")]
     with pytest.raises(DataError) as err:
@@ -385,3 +388,89 @@ def test_unimedical_anomalous_train_record_is_a_counted_skip(tmp_path: Path) -> 
         (str(root / "brain/train/good/img/000.png"), "anomalous image in a train list")
     ]
     assert len(split.train) + len(split.holdout) == 5
+
+
+@pytest.mark.parametrize("name", ["Good", "GOOD", "normal", "Normal"])
+def test_normal_test_folder_in_any_case_is_normal(tmp_path: Path, name: str) -> None:
+    """Issue 11 case 14. Kills: comparing the folder name with "good" case-sensitively (the normal
+    images then become anomaly kind "Good", label 1)."""
+    root = _make(tmp_path, "folder")
+    (root / "test" / "good").rename(root / "test" / name)
+    (root / "train" / "good").rename(root / "train" / "Good")
+    split = load_dataset(root)
+    normals = [s for s in split.test if Path(s.path).parent.name == name]
+    assert len(normals) == 3 and {(s.label, s.kind) for s in normals} == {(0, "good")}
+    assert {s.kind for s in split.test if s.label == 1} == {"lesion"}
+    assert len(split.train) + len(split.holdout) == 6
+
+
+@pytest.mark.timeout(60)
+def test_non_regular_files_are_counted_skips_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 case 26. Kills: opening entries that are not regular files (a FIFO named zz.png
+    blocked `pdd fit` for ever) or dropping them without a skip."""
+    import socket
+
+    root = _make(tmp_path, "folder")
+    os.mkfifo(root / "train" / "good" / "zz.png")
+    (root / "train" / "good" / "null.png").symlink_to("/dev/null")
+    (root / "test" / "good" / "gone.png").symlink_to(root / "nowhere.png")
+    os.mkfifo(root / "ground_truth" / "lesion" / "001_mask.png.fifo.png")
+    monkeypatch.chdir(root / "test" / "lesion")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("sock.png")
+    try:
+        split = load_dataset(root)
+    finally:
+        server.close()
+    assert sorted(split.skipped) == sorted(
+        [
+            (str(root / "train" / "good" / "zz.png"), "not a regular file (named pipe)"),
+            (str(root / "train" / "good" / "null.png"), "not a regular file (device)"),
+            (str(root / "test" / "good" / "gone.png"), "broken symbolic link"),
+            (
+                str(root / "ground_truth" / "lesion" / "001_mask.png.fifo.png"),
+                "not a regular file (named pipe)",
+            ),
+            (str(root / "test" / "lesion" / "sock.png"), "not a regular file (socket)"),
+        ]
+    )
+    assert len(split.train) + len(split.holdout) == 6 and len(split.test) == 6
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("layout, name", [("headct", "labels.csv"), ("unimedical", "meta.json")])
+def test_a_named_pipe_as_layout_metadata_is_an_error(
+    tmp_path: Path, layout: str, name: str
+) -> None:
+    """Issue 11 case 26 for labels.csv / meta.json: refused by name instead of blocking."""
+    root = _make(tmp_path, layout)
+    (root / name).unlink()
+    os.mkfifo(root / name)
+    with pytest.raises(DataError) as err:
+        load_dataset(root, layout)
+    what = "labels file" if layout == "headct" else "meta.json"
+    assert str(err.value) == f"{root / name}: cannot read {what}: not a regular file (named pipe)"
+
+
+@pytest.mark.timeout(60)
+def test_bmad_mask_folder_fifo_is_a_counted_skip(tmp_path: Path) -> None:
+    root = _make(tmp_path, "bmad")
+    fifo = root / "test" / "Ungood" / "label" / "zz.png"
+    os.mkfifo(fifo)
+    assert (str(fifo), "not a regular file (named pipe)") in load_dataset(root).skipped
+
+
+def test_unimedical_record_outside_the_root_is_refused(tmp_path: Path) -> None:
+    """Issue 11 case 22 for meta.json records."""
+    root = _make(tmp_path, "unimedical")
+    meta = json.loads((root / "meta.json").read_text())
+    meta["train"]["brain"][0]["img_path"] = "../elsewhere/000.png"
+    (root / "meta.json").write_text("\ufeff" + json.dumps(meta), encoding="utf-8")  # BOM too
+    with pytest.raises(DataError) as err:
+        load_dataset(root, "unimedical")
+    assert str(err.value) == (
+        f"{root / 'meta.json'}: train/brain record 0: image '../elsewhere/000.png' is outside "
+        f"the dataset folder {root}"
+    )

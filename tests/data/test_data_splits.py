@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -140,3 +141,111 @@ def test_check_split_is_a_hard_invariant() -> None:
     with pytest.raises(DataError) as err:
         check_split([normal], [], [normal], "computed split")
     assert str(err.value) == "computed split: n.png is listed in both train and test"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_phantom_dataset(
+        tmp_path / "folder", "folder", n_train=4, n_test_normal=2, n_test_abnormal=2, size=16
+    )
+
+
+def _manifest(tmp_path: Path, *rows: str, header: str = HEADER, name: str = "split.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(header + "".join(f"{row}\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "spelling", ["train/../train/good/000.png", "./train//good/000.png", "alias.png"]
+)
+def test_two_spellings_of_one_file_are_one_file(folder: Path, tmp_path: Path, spelling: str) -> None:
+    """Issue 11 case 15. Kills: the overlap check comparing spellings (no normalisation, or no
+    realpath for a symbolic link)."""
+    (folder / "alias.png").symlink_to(folder / "train" / "good" / "000.png")
+    manifest = _manifest(
+        tmp_path, "train/good/000.png,0,good,train,,,", f"{spelling},0,good,holdout,,,"
+    )
+    with pytest.raises(DataError) as err:
+        read_manifest(manifest, folder)
+    shown = folder / ("alias.png" if spelling == "alias.png" else "train/good/000.png")
+    assert str(err.value) == f"{manifest}: {shown} is listed in both train and holdout"
+
+
+def test_a_normal_row_with_a_mask_is_refused(folder: Path, tmp_path: Path) -> None:
+    """Issue 11 case 16. Kills: accepting a mask on a normal image (used in pixel metrics)."""
+    manifest = _manifest(
+        tmp_path,
+        "train/good/000.png,0,good,train,,,",
+        "test/good/000.png,0,good,test,,ground_truth/lesion/000_mask.png,",
+    )
+    with pytest.raises(DataError) as err:
+        read_manifest(manifest, folder)
+    assert str(err.value) == (
+        f"{manifest}: line 3: test/good/000.png is normal (label 0) but has a mask "
+        "'ground_truth/lesion/000_mask.png'; only anomalous images may have one"
+    )
+
+
+def test_rows_outside_the_dataset_are_refused(folder: Path, tmp_path: Path) -> None:
+    """Issue 11 case 22 (rows from another dataset). Kills: joining a row to the root unchecked."""
+    other = make_phantom_dataset(
+        tmp_path / "other", "folder", n_train=2, n_test_normal=1, n_test_abnormal=1, size=16
+    )
+    good = "train/good/000.png,0,good,train,,,"
+    for listed in ("../other/train/good/001.png", str(other / "train" / "good" / "001.png")):
+        manifest = _manifest(tmp_path, good, f"{listed},0,good,train,,,")
+        with pytest.raises(DataError) as err:
+            read_manifest(manifest, folder)
+        assert str(err.value) == (
+            f"{manifest}: line 3: file {listed!r} is outside the dataset folder {folder}"
+        )
+    manifest = _manifest(tmp_path, good, "test/lesion/000.png,1,lesion,test,,../other/ground_truth/lesion/000_mask.png,")
+    with pytest.raises(DataError) as err:
+        read_manifest(manifest, folder)
+    assert "line 3: mask '../other/ground_truth/lesion/000_mask.png' is outside the dataset" in str(err.value)
+    manifest = _manifest(tmp_path, good, "train/good/999.png,0,good,train,,,")
+    with pytest.raises(DataError) as err:
+        read_manifest(manifest, folder)
+    assert str(err.value) == (
+        f"{manifest}: line 3: listed file does not exist: {folder / 'train/good/999.png'} "
+        "(a stale manifest, or one written for another dataset?)"
+    )
+
+
+def test_manifest_with_a_byte_order_mark_reads(folder: Path, tmp_path: Path) -> None:
+    """Issue 11 (BOM). Kills: decoding the manifest as plain utf-8 (header then has U+FEFF)."""
+    split = load_dataset(folder, seed=0)
+    manifest = split.write_manifest(tmp_path / "split.csv")
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    again = load_dataset(folder, split_file=manifest)
+    assert (again.train, again.holdout, again.test) == (split.train, split.holdout, split.test)
+
+
+def test_old_manifest_without_a_group_column_still_reads(folder: Path, tmp_path: Path) -> None:
+    split = load_dataset(folder, seed=0)
+    lines = split.write_manifest(tmp_path / "new.csv").read_text().splitlines()
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    assert old.read_text().startswith(LEGACY_HEADER)
+    again = load_dataset(folder, split_file=old)
+    assert (again.train, again.holdout, again.test) == (split.train, split.holdout, split.test)
+
+
+@pytest.mark.timeout(60)
+def test_a_named_pipe_as_manifest_or_row_is_refused_not_opened(
+    folder: Path, tmp_path: Path
+) -> None:
+    """Issue 11 case 26 for manifests. Kills: opening a FIFO (blocks for ever)."""
+    fifo = tmp_path / "split.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError) as err:
+        load_dataset(folder, split_file=fifo)
+    assert str(err.value) == f"{fifo}: cannot read split manifest: not a regular file (named pipe)"
+    os.mkfifo(folder / "train" / "good" / "zz.png")
+    manifest = _manifest(tmp_path, "train/good/zz.png,0,good,train,,,", name="rows.csv")
+    with pytest.raises(DataError) as err:
+        read_manifest(manifest, folder)
+    assert str(err.value) == (
+        f"{manifest}: line 2: listed file {folder / 'train/good/zz.png'}: not a regular file (named pipe)"
+    )
