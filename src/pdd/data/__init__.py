@@ -15,6 +15,7 @@ from pdd.data.datasets import (
     list_classes,
     load_dataset,
 )
+from pdd.data.groups import compile_group_pattern
 from pdd.data.readers import (
     MAX_PIXELS,
     MIN_SIDE,
@@ -37,6 +38,7 @@ __all__ = [
     "ImageDataset",
     "Sample",
     "collect_inputs",
+    "compile_group_pattern",
     "detect_format",
     "image_format",
     "list_classes",
