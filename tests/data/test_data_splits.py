@@ -249,3 +249,20 @@ def test_a_named_pipe_as_manifest_or_row_is_refused_not_opened(
     assert str(err.value) == (
         f"{manifest}: line 2: listed file {folder / 'train/good/zz.png'}: not a regular file (named pipe)"
     )
+
+
+def test_class_name_selects_its_rows_of_a_manifest(tmp_path: Path) -> None:
+    """Kills: a class's run given a multi-class manifest training on every class's rows."""
+    root = make_phantom_dataset(
+        tmp_path / "mc", "folder", n_train=4, n_test_normal=1, n_test_abnormal=1, size=16,
+        classes=["a", "b"],
+    )  # fmt: skip
+    split = load_dataset(root, seed=0)
+    manifest = split.write_manifest(tmp_path / "split.csv")
+    only_b = load_dataset(root, split_file=manifest, class_name="b")
+    assert only_b.class_name == "b"
+    assert only_b.train == [s for s in split.train if s.class_name == "b"] and only_b.train
+    assert only_b.test == [s for s in split.test if s.class_name == "b"]
+    with pytest.raises(DataError) as err:
+        load_dataset(root, split_file=manifest, class_name="c")
+    assert str(err.value) == f"{manifest}: manifest has no rows of class 'c' (classes: a, b)"

@@ -707,7 +707,7 @@ def load_dataset(
     groups; a file name that does not match is a DataError. With ``split_file`` the split is read
     from that manifest instead (and must still match files on disk), so a published result can be
     reproduced exactly; the folder is not rescanned then, so ``skipped`` is empty and ``seed`` and
-    the fractions are not used. A group in two sets is a DataError naming it (a warning for the
+    the fractions are not used; ``class_name`` then selects that class's rows. A group in two sets is a DataError naming it (a warning for the
     published splits of ZhangLab, Uni-Medical and BMAD).
     """
     root = Path(root)
@@ -721,6 +721,8 @@ def load_dataset(
         fmt = _check_format(format)
     if split_file is not None:
         parts = read_manifest(split_file, root, group_by=pattern, published=fmt in _PUBLISHED)
+        if class_name is not None:
+            parts = _one_class(parts, class_name, split_file)
         if not parts["train"]:
             raise DataError(f"{split_file}: manifest has no training images")
         classes = {s.class_name for part in parts.values() for s in part}
@@ -759,6 +761,21 @@ def load_dataset(
         has_masks=_all_masked(test),
         class_name=class_name,
     )
+
+
+def _one_class(
+    parts: dict[str, list[Sample]], class_name: str, split_file: str | Path
+) -> dict[str, list[Sample]]:
+    """The rows of one class of a manifest; a class it does not hold is a DataError, never an
+    empty or foreign split."""
+    chosen = {name: [s for s in part if s.class_name == class_name] for name, part in parts.items()}
+    if not any(chosen.values()):
+        classes = sorted({s.class_name or "" for part in parts.values() for s in part} - {""})
+        raise DataError(
+            f"{split_file}: manifest has no rows of class {class_name!r} "
+            f"(classes: {', '.join(classes) or 'none, a single-class set'})"
+        )
+    return chosen
 
 
 def _grouped(found: _Found, root: Path, pattern: re.Pattern[str] | None) -> _Found:
