@@ -107,21 +107,18 @@ def seeded_split(
     target = 0
     if fraction > 0 and n >= 2:
         target = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
-    keys = list(members)
-    taken = [i for i, key in enumerate(keys) if key in must_take]
+    chosen = {i for i, key in enumerate(members) if key in must_take}
     if target and len(groups) >= 2:
         order = np.random.default_rng([seed, salt]).permutation(len(groups)).tolist()
-        count = sum(len(groups[i]) for i in taken)
+        count = sum(len(groups[i]) for i in chosen)
         for index in order:
             size = len(groups[index])
-            if index in taken:
-                continue
-            if len(taken) + 1 < len(groups) and abs(count + size - target) < abs(count - target):
-                taken.append(index)
+            closer = abs(count + size - target) < abs(count - target)
+            if index not in chosen and len(chosen) + 1 < len(groups) and closer:
+                chosen.add(index)
                 count += size
-        if not taken:  # every group alone overshoots: take the one closest to the target
-            taken = [min(order, key=lambda i: abs(len(groups[i]) - target))]
-    chosen = set(taken)
+        if not chosen:  # every group alone overshoots: take the one closest to the target
+            chosen = {min(order, key=lambda i: abs(len(groups[i]) - target))}
     kept = [s for i, group in enumerate(groups) if i not in chosen for s in group]
     drawn = [s for i, group in enumerate(groups) if i in chosen for s in group]
     return sorted(kept, key=_order), sorted(drawn, key=_order)
