@@ -1,0 +1,224 @@
+"""``pdd benchmark``: a suite's grid of datasets x presets, each one ``fit`` over every seed.
+
+The output folder::
+
+    DIR/suite.yaml                         the resolved suite (a rerun must match it)
+    DIR/runs/<dataset>/<preset>/           one ordinary run folder per grid cell (seeds inside)
+    DIR/results.csv, results.md, report.html
+
+A cell whose run folder is complete (``run_folder.is_complete``) is skipped; one with a
+``config.yaml`` but no final metrics was interrupted and is resumed (``runner.resume``); anything
+else is fitted. Results are read only from the run folders' ``metrics.json``, so the tables always
+show what the runs wrote: a rerun that trains nothing rewrites the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pdd.engine import runner
+from pdd.engine.aggregate import METRIC_KEYS, mean_metrics
+from pdd.engine.benchmark_tables import write_tables
+from pdd.engine.options import FitOptions
+from pdd.engine.run_folder import is_complete, read_json, read_yaml, write_yaml
+from pdd.engine.suite import DatasetEntry, Suite, suite_to_dict
+from pdd.errors import ConfigError
+
+__all__ = [
+    "Cell",
+    "ResultRow",
+    "RunSettings",
+    "collect_results",
+    "fit_options",
+    "plan",
+    "run_benchmark",
+]
+
+SUITE_FILE = "suite.yaml"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One dataset x preset of the grid and the run folder its ``fit`` writes."""
+
+    dataset: DatasetEntry
+    preset: str
+    folder: Path
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the cells run (not what they compute, so not part of the suite's identity)."""
+
+    accelerator: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of the results tables; metric values are fractions in [0, 1] as in metrics.json.
+
+    ``over`` says what the metrics are taken over: ``images`` (a one-class set), ``pooled`` (every
+    test image of a joint multi-class model) or ``classes`` (the mean over classes). ``std`` is
+    empty for a single seed (no spread was measured).
+    """
+
+    dataset: str
+    preset: str
+    over: str
+    teachers: str
+    seeds: tuple[int, ...]
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+    published: Mapping[str, float] = field(default_factory=dict)
+    run_folder: str = ""  # relative to the benchmark folder
+    seed_folders: tuple[str, ...] = ()
+
+
+def plan(suite: Suite, out: Path) -> list[Cell]:
+    """Every dataset x preset, datasets outermost (a dataset's presets run back to back)."""
+    return [
+        Cell(entry, preset, out / "runs" / entry.name / preset)
+        for entry in suite.datasets
+        for preset in suite.presets
+    ]
+
+
+def fit_options(suite: Suite, cell: Cell, settings: RunSettings) -> FitOptions:
+    """The ``FitOptions`` of one cell: the suite's settings, every seed of the suite."""
+    extra: dict[str, Any] = {}
+    if cell.dataset.joint:
+        extra["joint"] = True
+    if suite.holdout_fraction is not None:
+        extra["holdout_fraction"] = suite.holdout_fraction
+    return FitOptions(
+        data=cell.dataset.data,
+        out=cell.folder,
+        format=cell.dataset.format,
+        preset=cell.preset,
+        teachers=suite.teachers,
+        image_size=suite.image_size,
+        epochs=suite.epochs,
+        batch_size=suite.batch_size,
+        seeds=list(suite.seeds),
+        split_file=cell.dataset.split_file,
+        class_name=cell.dataset.class_name,
+        accelerator=settings.accelerator,
+        num_workers=settings.num_workers,
+        progress=settings.progress,
+        **extra,
+    )
+
+
+def run_benchmark(
+    suite: Suite,
+    out: Path,
+    *,
+    settings: RunSettings | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[ResultRow]:
+    """Run (or finish) every cell, then write the three results files; returns their rows."""
+    settings = settings or RunSettings()
+    out = Path(out)
+    _claim(out, suite)
+    cells = plan(suite, out)
+    for number, cell in enumerate(cells, 1):
+        label = f"[{number}/{len(cells)}] {cell.dataset.name} / {cell.preset}"
+        if is_complete(cell.folder):
+            _say(log, f"{label}: complete, skipped")
+        elif (cell.folder / "config.yaml").is_file():
+            _say(log, f"{label}: resuming the interrupted run")
+            runner.resume(cell.folder, progress=settings.progress)
+        else:
+            _say(log, label)
+            runner.fit(fit_options(suite, cell, settings))
+    rows = collect_results(suite, out, cells)
+    write_tables(suite, out, rows)
+    return rows
+
+
+def _say(log: Callable[[str], None] | None, line: str) -> None:
+    if log is not None:
+        log(line)
+
+
+def _claim(out: Path, suite: Suite) -> None:
+    """Make ``out`` this suite's folder, or refuse one that holds anything else."""
+    wanted = suite_to_dict(suite)
+    saved_path = out / SUITE_FILE
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output folder is a file")
+    if saved_path.is_file():
+        saved = read_yaml(saved_path)
+        if saved != wanted:
+            differs = sorted(
+                key for key in set(saved or {}) | set(wanted)
+                if (saved or {}).get(key) != wanted.get(key)
+            )  # fmt: skip
+            raise ConfigError(
+                f"{out}: holds the results of a different suite ({saved_path} differs in "
+                f"{', '.join(differs)}); choose another --out"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out}: output folder is not empty and holds no {SUITE_FILE}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(saved_path, wanted)
+
+
+def collect_results(suite: Suite, out: Path, cells: Sequence[Cell]) -> list[ResultRow]:
+    """The rows of the tables, read from each cell's ``metrics.json``, published numbers attached."""
+    rows: list[ResultRow] = []
+    for cell in cells:
+        record = read_json(cell.folder / "metrics.json")
+        mine = _rows_of(cell, record, out)
+        published = suite.published.get(cell.dataset.name, {}).get(cell.preset)
+        if published:
+            over = suite.published_over.get(cell.dataset.name, "images")
+            index = next(
+                (i for i, row in enumerate(mine) if over == "images" or row.over == "classes"),
+                None,
+            )
+            if index is None:  # not measured here (e.g. no class mean): the paper's number alone
+                mine.append(dataclasses.replace(mine[0], over="classes", mean={}, std={}))
+                index = len(mine) - 1
+            mine[index] = dataclasses.replace(mine[index], published=dict(published))
+        rows.extend(mine)
+    return rows
+
+
+def _rows_of(cell: Cell, record: Mapping[str, Any], out: Path) -> list[ResultRow]:
+    """The top-level metrics of a run folder, and for a joint set also its mean over classes."""
+    multi_seed = "runs" in record
+    seeds = tuple(int(s) for s in record["seeds"]) if multi_seed else (int(record["seed"]),)
+    per_seed = [record["runs"][f"seed_{s}"] for s in seeds] if multi_seed else [record]
+    folder = cell.folder.relative_to(out).as_posix()
+    top_std = record.get("std", {}) if multi_seed else {}
+    mean = {k: float(record[k]) for k in METRIC_KEYS if k in record}
+    base = ResultRow(
+        dataset=cell.dataset.name,
+        preset=cell.preset,
+        over="pooled" if cell.dataset.joint else ("classes" if "classes" in record else "images"),
+        teachers=str(record.get("teachers")),
+        seeds=seeds,
+        mean=mean,
+        std={k: float(top_std[k]) for k in mean if k in top_std},
+        run_folder=folder,
+        seed_folders=tuple(f"{folder}/seed_{s}" for s in seeds) if multi_seed else (folder,),
+    )
+    rows = [base]
+    class_means = [r.get("class_mean") for r in per_seed]
+    if cell.dataset.joint and all(isinstance(c, Mapping) for c in class_means):
+        # The same mean and (population) std over seeds as the runner's aggregate.
+        class_mean, class_std = mean_metrics(class_means)  # type: ignore[arg-type]
+        rows.append(
+            dataclasses.replace(
+                base, over="classes", mean=class_mean, std=class_std if multi_seed else {}
+            )
+        )
+    return rows
