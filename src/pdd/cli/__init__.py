@@ -28,7 +28,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> ArgumentParser:
     """The full `pdd` parser; each command module adds its sub-commands with ``register``."""
-    from pdd.cli import demo, export, fit, import_checkpoint, predict, presets, report, weights
+    from pdd.cli import benchmark, demo, export, fit, import_checkpoint, predict, presets, report, weights
 
     parser = ArgumentParser(
         prog="pdd",
@@ -39,7 +39,7 @@ def build_parser() -> ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback when a command fails"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, fit, predict, export, import_checkpoint, report, presets, weights):
+    for module in (demo, fit, predict, export, import_checkpoint, report, presets, weights, benchmark):
         module.register(sub)
     return parser
 
