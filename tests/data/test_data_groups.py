@@ -261,6 +261,10 @@ def test_published_split_crossing_is_a_warning_and_kept(tmp_path: Path) -> None:
         str(base / "test" / "NORMAL" / "IM-0010-0001.jpeg")
     } | {str(shared)}
     assert len(split.train) + len(split.holdout) == len(plain.train) + len(plain.holdout)
+    manifest = split.write_manifest(tmp_path / "zl.csv")
+    with pytest.warns(UserWarning, match=r"group 'IM-0000'"):  # its manifest reproduces it
+        again = load_dataset(root, split_file=manifest)
+    assert (again.train, again.holdout, again.test) == (split.train, split.holdout, split.test)
 
     folder = make_phantom_dataset(
         tmp_path / "f", "folder", n_train=4, n_test_normal=2, n_test_abnormal=1, size=16
