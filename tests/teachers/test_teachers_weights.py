@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from safetensors.torch import save_file
 from pdd.errors import WeightsError
 from pdd.teachers import weights
 from pdd.teachers.weights import WeightSpec
+
+_TORCHVISION = "https://download.pytorch.org/models/"
 
 
 class _Server:
@@ -116,14 +119,34 @@ def test_registry_has_the_official_files_and_defaults() -> None:
     assert racm.url.endswith("/model.safetensors")
     vm = weights.WEIGHTS["vmamba_tiny_v0.in1k"]
     assert vm.url.endswith("/releases/download/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth")
-    for name in ("wide_resnet50_2.tv_in1k", "wide_resnet50_2.tv2_in1k"):
-        spec = weights.WEIGHTS[name]
-        # torchvision names its files <arch>-<first 8 hex digits of the SHA-256>.pth
-        prefix = spec.filename.rsplit("-", 1)[1].removesuffix(".pth")
-        assert spec.url == f"https://download.pytorch.org/models/{spec.filename}"
-        assert spec.sha256 is not None and spec.sha256.startswith(prefix)
     filenames = [spec.filename for spec in weights.WEIGHTS.values()]
     assert len(set(filenames)) == len(filenames)
+
+
+def test_torchvision_digests_agree_with_their_file_names() -> None:
+    """torchvision names a file ``<arch>-<first hex digits of its SHA-256>.pth``: every registry
+    entry served from download.pytorch.org must hash to a digest that starts with those digits."""
+    torchvision_specs = [
+        spec for spec in weights.WEIGHTS.values() if spec.url.startswith(_TORCHVISION)
+    ]
+    assert {spec.name for spec in torchvision_specs} >= {
+        "wide_resnet50_2.tv_in1k",
+        "wide_resnet50_2.tv2_in1k",
+    }
+    for spec in torchvision_specs:
+        match = re.fullmatch(r"[a-z0-9_]+-([0-9a-f]{8,})\.pth", spec.url.removeprefix(_TORCHVISION))
+        assert match is not None, spec.url
+        assert spec.filename == spec.url.removeprefix(_TORCHVISION), spec.name
+        assert spec.sha256 is not None and spec.sha256.startswith(match[1]), spec.name
+
+
+def test_every_registry_digest_says_where_it_was_read() -> None:
+    for spec in weights.WEIGHTS.values():
+        if spec.sha256 is not None:
+            assert len(spec.digest_source) > 40, spec.name
+        if spec.url.startswith(_TORCHVISION):
+            prefix = spec.filename.rsplit("-", 1)[1].removesuffix(".pth")
+            assert prefix in spec.digest_source, spec.name
 
 
 def test_spec_rejects_a_malformed_hash() -> None:

@@ -66,6 +66,8 @@ class WeightSpec:
     sha256: str | None
     source: str
     format: WeightFormat
+    # Where ``sha256`` was read, so a reviewer can check it (torchvision: also the file name's prefix).
+    digest_source: str = ""
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and (len(self.sha256) != 64 or not set(self.sha256) <= _HEX):
@@ -90,6 +92,12 @@ WEIGHTS: dict[str, WeightSpec] = {
                 "(275,835,296 bytes)"
             ),
             format="safetensors",
+            digest_source=(
+                "the Git LFS pointer of model.safetensors on the Hugging Face hub at the pinned "
+                "revision (shown as 'SHA256' on huggingface.co/timm/wide_resnet50_2.racm_in1k/blob/"
+                "30f73aceaaa1911830a9795b83ab1908dba18719/model.safetensors); the same digest is "
+                "recorded in several independent public projects' weight manifests"
+            ),
         ),
         WeightSpec(
             name="wide_resnet50_2.tv_in1k",
@@ -102,6 +110,11 @@ WEIGHTS: dict[str, WeightSpec] = {
                 "95faca4d from the file name, full digest as publicly recorded (138,223,492 bytes)"
             ),
             format="pth",
+            digest_source=(
+                "prefix 95faca4d: torchvision's file name (checked by the test suite); full "
+                "digest: as recorded by several independent public projects that hashed this "
+                "download (PyTorch publishes only the prefix)"
+            ),
         ),
         WeightSpec(
             name="wide_resnet50_2.tv2_in1k",
@@ -114,6 +127,11 @@ WEIGHTS: dict[str, WeightSpec] = {
                 "9ba9bcbe from the file name, full digest as publicly recorded"
             ),
             format="pth",
+            digest_source=(
+                "prefix 9ba9bcbe: torchvision's file name (checked by the test suite); full "
+                "digest: as recorded by several independent public projects that hashed this "
+                "download (PyTorch publishes only the prefix)"
+            ),
         ),
         WeightSpec(
             name="vmamba_tiny_v0.in1k",
@@ -129,6 +147,11 @@ WEIGHTS: dict[str, WeightSpec] = {
                 "no hash, digest as publicly recorded (91,649,482 bytes); state dict under 'model'"
             ),
             format="pth",
+            digest_source=(
+                "the VMamba release page publishes no hash; digest as recorded by independent "
+                "public projects for their verified download of this URL (91,649,482 bytes); "
+                "it cannot be checked against the publisher"
+            ),
         ),
     )
 }
