@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import pdd.models.base as base
-from pdd import create_model
 from pdd.errors import CheckpointError
-from pdd.models import losses
+from pdd.models import AnomalyModel, losses
 from pdd.models.pdd import CNN_TEACHER, PDD, SSM_TEACHER
 from pdd.models.released import load_released_state_dict, read_released, released_key_map
 
@@ -80,22 +78,6 @@ def teacher_features() -> dict[str, list[Tensor]]:
     }
 
 
-class FixedTeacher(nn.Module):
-    """Stands in for a frozen teacher: returns the formula features whatever the image.
-
-    Features are buffers, so ``model.double()`` gives float64 copies of the same float32 numbers.
-    """
-
-    def __init__(self, features: Sequence[Tensor]) -> None:
-        super().__init__()
-        self.channels = [f.shape[1] for f in features]
-        for i, feature in enumerate(features):
-            self.register_buffer(f"level{i}", feature.clone())
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        return [getattr(self, f"level{i}") for i in range(len(self.channels))]
-
-
 # --- fixtures --------------------------------------------------------------------------------
 
 
@@ -124,20 +106,22 @@ def features() -> dict[str, list[Tensor]]:
     return teacher_features()
 
 
+@pytest.fixture(scope="module")
 def reference_model(
-    released: dict[str, Tensor], features: dict[str, list[Tensor]], dtype: torch.dtype
-) -> PDD:
-    """``pdd-reference`` with fixed teachers and the formula weights loaded by released key."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            base,
-            "build_teachers",
-            lambda config, names: nn.ModuleDict({n: FixedTeacher(features[n]) for n in names}),
-        )
-        model = create_model("pdd-reference", teachers="random")
-    assert isinstance(model, PDD)
-    load_released_state_dict(model, released, "formula weights")
-    return model.to(dtype)
+    released_state: dict[str, Tensor],
+    features: dict[str, list[Tensor]],
+    fixed_teacher_model: Callable[..., AnomalyModel],
+) -> Callable[[torch.dtype], PDD]:
+    """``pdd-reference`` with fixed formula teachers and the formula weights loaded by released
+    key, in the given dtype (a fresh model per call)."""
+
+    def build(dtype: torch.dtype) -> PDD:
+        model = fixed_teacher_model("pdd-reference", features)
+        assert isinstance(model, PDD)
+        load_released_state_dict(model, released_state, "formula weights")
+        return model.to(dtype)
+
+    return build
 
 
 def images(dtype: torch.dtype) -> Tensor:
@@ -184,10 +168,12 @@ def test_formula_weights_and_features_match_the_fixture(
 
 
 def test_released_keys_map_one_to_one_with_equal_shapes(
-    golden: dict[str, Any], released_state: dict[str, Tensor], features: dict[str, list[Tensor]]
+    golden: dict[str, Any],
+    released_state: dict[str, Tensor],
+    reference_model: Callable[[torch.dtype], PDD],
 ) -> None:
     """All 210 released tensors land on distinct trainable tensors of the same shape, and back."""
-    model = reference_model(released_state, features, torch.float32)
+    model = reference_model(torch.float32)
     mapping = released_key_map(model)
     own = model.trainable_state_dict()
     assert sorted(mapping) == sorted(golden["state_dict"]["keys"])
@@ -197,12 +183,10 @@ def test_released_keys_map_one_to_one_with_equal_shapes(
 
 
 @pytest.fixture(scope="module")
-def train_run(
-    released_state: dict[str, Tensor], features: dict[str, list[Tensor]]
-) -> dict[str, Any]:
+def train_run(reference_model: Callable[[torch.dtype], PDD]) -> dict[str, Any]:
     """One train-mode ``loss`` call in float64 and its backward, as the released script's step
     (without the optimizer): the model, the loss terms and the tensors ``loss`` computed."""
-    model = reference_model(released_state, features, torch.float64).train()
+    model = reference_model(torch.float64).train()
     run: dict[str, Any] = {"model": model}
     student_features = model.student_features
 
@@ -285,7 +269,7 @@ def test_train_bn_running_stats_match(golden: dict[str, Any], train_run: dict[st
 
 
 def test_eval_features_maps_and_scores_match(
-    golden: dict[str, Any], released_state: dict[str, Tensor], features: dict[str, list[Tensor]]
+    golden: dict[str, Any], reference_model: Callable[[torch.dtype], PDD]
 ) -> None:
     """Eval mode, float32 (well conditioned; the README's rtol 1e-5): the nine maps (batch of 2),
     the smoothed anomaly maps and the image scores.
@@ -293,7 +277,7 @@ def test_eval_features_maps_and_scores_match(
     Kills: any perturbed feature map; a change to the anomaly map (pairs, upsampling, smoothing).
     """
     want, dtype, rtol = golden["eval_fp32"], torch.float32, 1e-5
-    model = reference_model(released_state, features, dtype).eval()
+    model = reference_model(dtype).eval()
     captured: list[list[tuple[Tensor, Tensor]]] = []
     feature_pairs = model.feature_pairs
 
@@ -320,10 +304,10 @@ def test_eval_features_maps_and_scores_match(
 
 
 def test_loader_refuses_missing_unexpected_and_misshaped_keys(
-    released_state: dict[str, Tensor], features: dict[str, list[Tensor]]
+    released_state: dict[str, Tensor], reference_model: Callable[[torch.dtype], PDD]
 ) -> None:
     """Each problem is a CheckpointError naming the file and the first released key; nothing loads."""
-    model = reference_model(released_state, features, torch.float32)
+    model = reference_model(torch.float32)
     before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
     zeros = {k: torch.zeros_like(v) for k, v in released_state.items()}
     missing = {k: v for k, v in zeros.items() if k != "up_dim_v_r2.bn3.running_var"}
@@ -346,16 +330,12 @@ def test_loader_refuses_missing_unexpected_and_misshaped_keys(
 
 
 def test_loader_needs_the_released_architecture(
-    released_state: dict[str, Tensor], features: dict[str, list[Tensor]]
+    released_state: dict[str, Tensor],
+    features: dict[str, list[Tensor]],
+    fixed_teacher_model: Callable[..., AnomalyModel],
 ) -> None:
     """Separate students (the ``pdd`` preset) have no released counterpart: a clear error."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            base,
-            "build_teachers",
-            lambda config, names: nn.ModuleDict({n: FixedTeacher(features[n]) for n in names}),
-        )
-        model = create_model("pdd", teachers="random")
+    model = fixed_teacher_model("pdd", features)
     with pytest.raises(CheckpointError, match="pdd model has no released counterpart for students.1"):
         load_released_state_dict(model, released_state, "run.pth")
 
