@@ -1,8 +1,8 @@
 """`pdd import-checkpoint`: a decoder trained with the authors' released scripts -> our model.ckpt.
 
 The result is a ``pdd-reference`` checkpoint like one from ``pdd fit``, except that it has no
-decision threshold or heatmap range (no held-out normals were scored): ``pdd test`` evaluates it and
-``pdd predict`` scores with it. Its ``provenance`` records the imported file and its SHA-256.
+decision threshold or heatmap range (no held-out normals were scored), so ``pdd predict`` writes
+scores without decisions. Its ``provenance`` records the imported file and its SHA-256.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     path = checkpoint.save(args.out, model, provenance=provenance)
     print(
         f"wrote {path}: {PRESET} with the released decoder from {args.released} "
-        f"({len(released)} tensors; teachers {args.teachers}); no decision threshold: "
-        "`pdd test` evaluates it, `pdd predict` scores without decisions"
+        f"({len(released)} tensors; teachers {args.teachers}); it has no decision threshold "
+        "(no held-out normals were scored), so predictions come without decisions"
     )
     return 0
