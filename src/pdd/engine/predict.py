@@ -299,28 +299,23 @@ def _make_plan(options: PredictOptions, meta: Mapping[str, Any], *, write: bool)
     threshold, scale = stored_statistics(meta)
     skipped: list[tuple[str, str]] = []
     samples = collect_inputs([Path(p) for p in options.inputs], skipped=skipped)
-    own = options.out.resolve()
+    # collect_inputs takes each file once (links resolved). Results of a predict run, this one's
+    # included (a resumed or second process sees its predict.json), are never inputs.
     run_folders: dict[Path, Path | None] = {}
-    notes: list[tuple[str, str]] = []
     ignored: dict[Path, int] = {}
-    seen: set[tuple[str, int | None]] = set()
     unique = []
     for sample in samples:
-        real = os.path.realpath(sample.path)
-        if Path(real) == own or own in Path(real).parents:
-            continue  # our own heatmaps and maps are never inputs
-        earlier = _predict_run_above(Path(real), run_folders)
-        if earlier is not None:  # another run's maps and overlays are results, not scans
+        earlier = _predict_run_above(Path(os.path.realpath(sample.path)), run_folders)
+        if earlier is None:
+            unique.append(sample)
+        else:
             ignored[earlier] = ignored.get(earlier, 0) + 1
-            continue
-        if (real, sample.slice_index) in seen:
-            continue  # the same file named twice (or via a link) is scored once
-        seen.add((real, sample.slice_index))
-        unique.append(sample)
-    notes += [(str(folder), f"{count} file(s) in an earlier predict run's folder not scored") for folder, count in ignored.items()]
+    notes = [
+        (str(folder), f"{count} file(s) inside a predict run's folder not scored")
+        for folder, count in ignored.items()
+    ]
     skipped = [
-        (p, why) for p, why in skipped
-        if own not in Path(os.path.realpath(p)).parents and _predict_run_above(Path(os.path.realpath(p)), run_folders) is None
+        (p, why) for p, why in skipped if _predict_run_above(Path(os.path.realpath(p)), run_folders) is None
     ]
     if not unique and not skipped:
         raise DataError(f"no images found in {', '.join(str(p) for p in options.inputs)}")
