@@ -7,16 +7,16 @@ the tolerances). Here the formulas are regenerated, the weights go through our r
 features. Train mode is compared in float64 (the README's advice: float32 is ill-conditioned there),
 eval mode in float32.
 
-Mutations run on a scratch copy (never committed) and the test that killed each:
-- a perturbed feature map (student 1 output x (1 + 1e-4), the prior added to level 1 only, InA's
-  upsampling with align_corners=False): ``test_train_features_and_loss_match`` and
-  ``test_eval_features_maps_and_scores_match``;
-- a perturbed loss term (L_s2's cos weight 0.05 -> 0.0501, L_s1 on the prior-fed student, the
-  diversity thresholds swapped): ``test_train_features_and_loss_match``;
-- the anomaly map (sigma 4 -> 4.01, student 1 left out, align_corners=False in the map):
+Mutations run on a scratch copy (never committed) and the tests that failed on each:
+- a perturbed feature map (student 1's output x (1 + 1e-4), target f3 x (1 + 1e-5), the prior not
+  added before level 2, InA's upsampling with align_corners=False): the train features/loss, the
+  gradients and the eval test (the prior one also the BN test);
+- a perturbed loss term (L_s2's cos weight x 1.002, L_s1 applied to the prior-fed student, the
+  diversity thresholds swapped): ``test_train_features_and_loss_match`` and the gradients;
+- the anomaly map (sigma x 1.001, student 1's pairs left out, align_corners=False when upsampling):
   ``test_eval_features_maps_and_scores_match``;
 - student 1 run before student 2 in shared mode: ``test_train_bn_running_stats_match``;
-- a released key mapped to the wrong module (``bn2`` <-> ``bn3``): every test here.
+- released ``bn1``/``bn2`` mapped to each other's module (same shapes): all four model tests.
 """
 
 from __future__ import annotations
