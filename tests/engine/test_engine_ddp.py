@@ -12,7 +12,7 @@ import pytest
 from engine_fakes import read_metrics, read_scores
 from lightning.pytorch.strategies import DDPStrategy
 
-from pdd.engine import runner
+from pdd.engine import runner, training
 from pdd.engine.runner import FitOptions, fit
 
 ENGINE_TESTS = Path(__file__).resolve().parent
@@ -30,11 +30,11 @@ def test_options_map_onto_the_trainer(tmp_path: Path) -> None:
         checkpoint_every_n_steps=5,
         progress=False,
     )
-    trainer = runner._trainer(options, tmp_path / runner.TRAINING_STATE, epochs=7)
+    trainer = training.build_trainer(options, tmp_path / runner.TRAINING_STATE, epochs=7)
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.num_devices == 2 and trainer.num_nodes == 1
     assert trainer.precision == "bf16-mixed" and trainer.max_epochs == 7
-    assert isinstance(trainer.strategy.checkpoint_io, runner.AtomicCheckpointIO)
+    assert isinstance(trainer.strategy.checkpoint_io, training.AtomicCheckpointIO)
 
 
 def test_bf16_mixed_precision_trains_and_evaluates(

@@ -18,12 +18,12 @@ import torch
 from engine_fakes import read_metrics, without_timing
 from lightning.pytorch.callbacks import Callback
 
-from pdd.engine import runner
+from pdd.engine import runner, training
 from pdd.engine.runner import FitOptions, fit, resume
 from pdd.errors import ConfigError
 
 ENGINE_TESTS = Path(__file__).resolve().parent
-TRAINER = runner._trainer
+TRAINER = training.build_trainer
 
 
 class Crash(RuntimeError):
@@ -70,7 +70,7 @@ def crash_at(
         built.append(trainer)
         return trainer
 
-    monkeypatch.setattr(runner, "_trainer", trainer_with_crash)
+    monkeypatch.setattr(training, "build_trainer", trainer_with_crash)
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
@@ -124,7 +124,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         fit(options(phantoms, out))
     state = torch.load(out / runner.TRAINING_STATE, weights_only=True)
     assert state["global_step"] == step
-    monkeypatch.setattr(runner, "_trainer", TRAINER)
+    monkeypatch.setattr(training, "build_trainer", TRAINER)
     assert resume(out, progress=False) == out
     assert_same_run(out, reference_runs["one"])
 
@@ -143,7 +143,7 @@ def test_resume_keeps_finished_seeds_and_continues_the_killed_one(
     finished = (out / "seed_0" / "metrics.json").stat().st_mtime_ns
     assert (out / "seed_1" / runner.TRAINING_STATE).is_file()
     (out / "seed_1" / ".metrics.json.x1y2.tmp").write_text("half a file from a kill")
-    monkeypatch.setattr(runner, "_trainer", TRAINER)
+    monkeypatch.setattr(training, "build_trainer", TRAINER)
     resume(out, progress=False)
     assert (out / "seed_0" / "metrics.json").stat().st_mtime_ns == finished
     for name in ("seed_0", "seed_1"):

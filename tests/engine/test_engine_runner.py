@@ -10,7 +10,7 @@ import pytest
 import yaml
 from engine_fakes import read_metrics, read_scores, without_timing
 
-from pdd.engine import runner
+from pdd.engine import evaluation, runner, scoring
 from pdd.engine.checkpoint import load
 from pdd.engine.runner import FitOptions, fit
 from pdd.errors import ConfigError
@@ -86,8 +86,8 @@ def check_complete_run(run_dir: Path, *, masks: bool) -> dict:
     heatmaps = [r["heatmap"] for r in scores if r["heatmap"]]
     assert heatmaps and all((run_dir / h).is_file() for h in heatmaps)
     ranked = sorted(range(len(scores)), key=lambda i: (-float(scores[i]["score"]), i))
-    extremes = set(ranked[: runner.HEATMAPS_PER_END]) | set(
-        ranked[-runner.HEATMAPS_PER_END :]
+    extremes = set(ranked[: evaluation.HEATMAPS_PER_END]) | set(
+        ranked[-evaluation.HEATMAPS_PER_END :]
     )
     assert {i for i, row in enumerate(scores) if row["heatmap"]} == extremes
     assert (run_dir / "config.yaml").read_text().startswith("pdd_version")
@@ -300,7 +300,7 @@ def test_extremes_kept_batch_by_batch_are_the_global_extremes() -> None:
     )  # many ties
     kept: set[int] = set()
     for start in range(0, 50, 7):
-        kept = runner._extreme_indices(
+        kept = scoring.extreme_indices(
             scores, [*kept, *range(start, min(start + 7, 50))], 4
         )
     ranked = sorted(range(50), key=lambda i: (-scores[i], i))

@@ -1,0 +1,101 @@
+"""Every read and write of a run folder (docs/architecture.md, "Run folder schema").
+
+All writes are atomic (``pdd.fileio``): a crash never leaves half a file, and a sub-run is complete
+iff its ``metrics.json`` exists and its training state does not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdd.errors import ConfigError
+from pdd.fileio import atomic_write_text
+
+__all__ = [
+    "SCORES_FIELDS",
+    "TRAINING_STATE",
+    "is_complete",
+    "read_json",
+    "read_scores",
+    "read_yaml",
+    "refuse_existing_run",
+    "remove_partial_files",
+    "write_json",
+    "write_report",
+    "write_scores",
+    "write_yaml",
+]
+
+TRAINING_STATE = "training_state.ckpt"
+SCORES_FIELDS = ("path", "label", "score", "kind", "class_name", "heatmap")
+"""Columns of ``scores.csv``, in order."""
+_RUN_FILES = ("config.yaml", "metrics.json", "scores.csv", "model.ckpt", TRAINING_STATE)
+
+
+def refuse_existing_run(out: Path) -> None:
+    """Create ``out``, or refuse it when it is a file or a folder that is not empty."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output folder is a file")
+    if out.is_dir() and any(out.iterdir()):
+        found = [name for name in _RUN_FILES if (out / name).exists()]
+        what = f"holds a run ({', '.join(found)})" if found else "is not empty"
+        raise ConfigError(
+            f"{out}: output folder {what}; choose a new folder or resume it with `pdd fit --resume`"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """Temporary files of writes a kill interrupted (the targets themselves are intact)."""
+    for partial in run_dir.rglob(".*.tmp"):
+        partial.unlink()
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether the sub-run in ``folder`` finished (its metrics written, its training state gone)."""
+    return (folder / "metrics.json").is_file() and not (folder / TRAINING_STATE).exists()
+
+
+def write_scores(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
+    """``scores.csv``: one row per test image, columns ``SCORES_FIELDS``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SCORES_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_scores(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``scores.csv`` as written by ``write_scores``."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_yaml(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def write_report(folder: Path) -> None:
+    """``report.html`` from the folder's files (imported late: the report pulls in matplotlib)."""
+    from pdd.report.html import write_report as build
+
+    build(folder)
