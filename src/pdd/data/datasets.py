@@ -867,7 +867,7 @@ def _input_files(folder: Path, report: Callable[[Path, str], None]) -> list[Path
             dirnames.clear()
             continue
         visited.add((info.st_dev, info.st_ino))
-        dirnames[:] = [name for name in dirnames if not _is_hidden(Path(dirpath, name))]
+        dirnames[:] = sorted(name for name in dirnames if not _is_hidden(Path(dirpath, name)))
         found += [Path(dirpath, name) for name in filenames if not _is_hidden(Path(dirpath, name))]
     return sorted(found)
 

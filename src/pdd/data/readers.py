@@ -14,12 +14,40 @@ Intensity rules, so that every caller sees the same numbers:
   caller, else the file's first WindowCenter / WindowWidth, else the image's own min-max.
   MONOCHROME1 is inverted so that bright always means dense. A constant image scales to all zeros
   (a defined output, not an error: blank frames exist in real series). NaN/inf after rescaling,
-  missing pixel data and multi-frame files are DataErrors.
+  missing pixel data and multi-frame files are DataErrors. Numeric attributes are checked per tag,
+  because pydicom keeps an unparsable value as text (or a list) instead of failing: RescaleSlope,
+  RescaleIntercept, NumberOfFrames, Rows, Columns, SamplesPerPixel and BitsStored must hold exactly
+  one finite number; WindowCenter / WindowWidth may hold several (DICOM's alternative windows) and
+  the first is used, but it must be a finite number. Anything else is a DataError naming the tag.
+  Colour: PALETTE COLOR pixels are indices, mapped through the file's palette
+  (``pydicom.pixels.apply_color_lut``) and scaled by the palette's storage type; RGB pixels are
+  divided by ``2**BitsStored - 1``. A display window is refused on colour files (a DataError rather
+  than silently ignoring what the caller asked for).
 - NIfTI: the volume is reoriented to the closest canonical (RAS) orientation; slice ``k`` is
   ``volume[:, :, k]`` shown with anterior at the top. Intensities are scaled per *volume* between its
   0.5th and 99.5th percentiles (robust to a few hot voxels) and clipped; non-finite voxels map to 0;
-  a constant volume scales to all zeros.
+  a constant volume scales to all zeros. The header's sizes are checked (at most ``MAX_VOXELS``
+  voxels, a slice within ``MIN_SIDE`` / ``MAX_PIXELS``, at least one slice) before any voxel is
+  read or a sample is built from the slice count.
 - Grey images are replicated to 3 channels; alpha channels are dropped.
+- TIFF compressions that tifffile cannot decode alone (LZW, JPEG, ...) are decoded by
+  ``imagecodecs`` (a dependency); without it such a file is a DataError that says so, not
+  "corrupt".
+- Bounded decoding: with ``target_size`` (the side the model resizes to), an image whose shorter
+  side is at least ``2 * DECODE_OVERSAMPLE * target_size`` is reduced by an integer factor (area
+  averages; JPEG by DCT scaling while decoding) to a shorter side of at least
+  ``DECODE_OVERSAMPLE * target_size``, keeping its aspect. The intensity rules above then apply to
+  the reduced stored values. Without ``target_size`` images are read at full size.
+
+Masks (:func:`read_mask`) are thresholded at half of their range, so that compression noise and
+antialiased edges are not lesion: bool masks as stored; NIfTI masks (label volumes) > 0.5; other
+masks whose values all lie in [0, 1] (0/1 label images, probabilities) > 0.5, except lossy JPEG;
+8/16-bit masks > half the storage maximum (127 / 32767); anything else (signed or 32-bit
+integers, floats above 1) > half of the mask's own maximum. Any channel above counts. The first
+mask read from a lossy format (JPEG) in a process warns, naming the file.
+
+Every file is judged by ``stat`` before it is opened: a named pipe, socket, device or broken link
+is a DataError and is never opened (opening a FIFO blocks for ever).
 
 Every unusable file raises :class:`pdd.errors.DataError` whose message is ``"<path>: <problem>"``.
 """
@@ -27,17 +55,21 @@ Every unusable file raises :class:`pdd.errors.DataError` whose message is ``"<pa
 from __future__ import annotations
 
 import gzip
+import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pdd.data.files import file_problem
 from pdd.errors import DataError
 
 __all__ = [
+    "DECODE_OVERSAMPLE",
     "MAX_PIXELS",
     "MAX_VOXELS",
     "MIN_SIDE",
@@ -60,6 +92,13 @@ MAX_VOXELS = 2**28
 NIFTI_PERCENTILES = (0.5, 99.5)
 """Per-volume percentiles mapped to 0 and 1 when reading NIfTI slices."""
 
+DECODE_OVERSAMPLE = 4
+"""With ``target_size``, images keep a shorter side of at least this many times the model's side:
+the model input is then an antialiased resize of a still finer image (see ``read_image``)."""
+
+LOSSY_MASK_FORMATS = ("jpeg",)
+"""Mask formats whose compression noise makes a threshold at half range necessary (warned once)."""
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF"}
 _SNIFF_BYTES = 512
@@ -68,16 +107,14 @@ _SNIFF_BYTES = 512
 def image_format(path: str | Path) -> str | None:
     """The format of a file judged by its first bytes: png, jpeg, bmp, gif, tiff, dicom, nifti, or None.
 
-    Raises DataError when the file is missing or empty, because no format can be judged then.
+    Raises DataError when the file is missing, empty or not a regular file (a named pipe would
+    block ``open`` for ever, so it is judged by ``stat`` and never opened).
     """
     path = Path(path)
+    _require_regular(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot open file ({exc.strerror})") from exc
     if not head:
@@ -108,6 +145,12 @@ def image_format(path: str | Path) -> str | None:
     return None
 
 
+def _require_regular(path: Path) -> None:
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+
+
 def _is_nifti_header(head: bytes) -> bool:
     """NIfTI-1 (sizeof_hdr 348, magic n+1/ni1) or NIfTI-2 (540, n+2), either byte order."""
     if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
@@ -130,13 +173,19 @@ def read_image(
     path: str | Path,
     slice_index: int | None = None,
     window: tuple[float, float] | None = None,
+    target_size: int | None = None,
 ) -> np.ndarray:
     """Read one image (or one NIfTI axial slice) as float32 HxWx3 in [0, 1].
 
-    ``window`` = (center, width) overrides the DICOM file's own window; it is an error for
-    other formats because silently ignoring it would give the user different numbers than asked.
+    ``window`` = (center, width) overrides a greyscale DICOM file's own window; it is an error for
+    other formats and colour DICOM because silently ignoring it would give the user different
+    numbers than asked. ``target_size`` (the side the image will be resized to, e.g. the model's
+    ``image_size``) bounds the decoded size: see "Bounded decoding" in the module docstring. It
+    only saves memory for images far larger than the model sees; None reads the full size.
     """
     path = Path(path)
+    if target_size is not None and target_size < 1:
+        raise ValueError(f"target_size must be a positive side length, got {target_size}")
     fmt = _require_format(path)
     if window is not None and fmt != "dicom":
         raise DataError(
@@ -147,19 +196,21 @@ def read_image(
             f"{path}: a slice index only applies to NIfTI volumes, this is {fmt.upper()}"
         )
     if fmt == "dicom":
-        grey_or_rgb = _read_dicom(path, window)
+        grey_or_rgb = _read_dicom(path, window, target_size)
     elif fmt == "nifti":
-        grey_or_rgb = _scaled_nifti_slice(path, slice_index)
+        grey_or_rgb = _scaled_nifti_slice(path, slice_index, target_size)
+    elif fmt == "tiff":
+        raw = _read_tiff_raw(path)
+        grey_or_rgb = _scale_raster(_reduce(raw, _reduction(raw.shape, target_size)))
     else:
-        raw = _read_tiff_raw(path) if fmt == "tiff" else _read_pil_raw(path, fmt)
-        grey_or_rgb = _scale_raster(raw)
+        grey_or_rgb = _scale_raster(_read_pil_raw(path, fmt, target_size))
     return _to_rgb(grey_or_rgb)
 
 
 def read_mask(
     path: str | Path, shape: tuple[int, int], slice_index: int | None = None
 ) -> np.ndarray:
-    """Read a ground-truth mask as bool HxW (any nonzero channel = anomalous).
+    """Read a ground-truth mask as bool HxW, thresholded at half its range (module docstring).
 
     ``shape`` is the (height, width) of the image the mask belongs to; masks are never resized
     silently because a size mismatch almost always means the wrong mask was matched.
@@ -171,8 +222,8 @@ def read_mask(
     elif fmt == "nifti":
         raw = _nifti_raw_slice(path, slice_index)
     else:
-        raw = _read_tiff_raw(path) if fmt == "tiff" else _read_pil_raw(path, fmt)
-    mask = raw != 0
+        raw = _read_tiff_raw(path) if fmt == "tiff" else _read_pil_raw(path, fmt, None)
+    mask = _mask_from_raw(path, fmt, raw)
     if mask.ndim == 3:
         mask = mask.any(axis=2)
     if mask.shape != tuple(shape):
@@ -181,6 +232,33 @@ def read_mask(
             f"but its image is {shape[0]}x{shape[1]}"
         )
     return mask
+
+
+_WARNED_LOSSY: set[str] = set()
+
+
+def _mask_from_raw(path: Path, fmt: str, raw: np.ndarray) -> np.ndarray:
+    """Anomalous pixels of a stored mask: above half of its range (module docstring's rules)."""
+    lossy = fmt in LOSSY_MASK_FORMATS
+    if lossy and fmt not in _WARNED_LOSSY:
+        _WARNED_LOSSY.add(fmt)
+        warnings.warn(
+            f"{path}: {fmt.upper()} masks are lossy; mask pixels count as lesion only above half "
+            f"of the range, so compression noise is dropped (further {fmt.upper()} masks are "
+            "not reported); prefer PNG masks",
+            UserWarning,
+            stacklevel=3,
+        )
+    if raw.dtype == np.bool_:
+        return raw
+    if raw.size == 0:
+        return raw.astype(np.bool_)
+    low, high = float(raw.min()), float(raw.max())
+    if fmt == "nifti" or (not lossy and low >= 0.0 and high <= 1.0):
+        return raw > 0.5
+    if raw.dtype in (np.uint8, np.uint16):
+        return raw > np.iinfo(raw.dtype).max // 2
+    return raw > high / 2.0 if high > 0 else np.zeros(raw.shape, np.bool_)
 
 
 def _require_format(path: Path) -> str:
@@ -204,11 +282,42 @@ def _check_size(path: Path, height: int, width: int) -> None:
         )
 
 
+def _reduction(shape: tuple[int, ...], target_size: int | None) -> int:
+    """The integer factor that keeps the shorter side >= ``DECODE_OVERSAMPLE * target_size``."""
+    if target_size is None:
+        return 1
+    return max(1, min(shape[0], shape[1]) // (DECODE_OVERSAMPLE * target_size))
+
+
+def _reduced_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """(width, height) after reduction; rounded, so the image keeps its exact extent."""
+    return max(1, round(width / factor)), max(1, round(height / factor))
+
+
+def _reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Area averages (Pillow's BOX filter) down to ``_reduced_size``, in the array's own storage
+    type so the intensity rules do not change; per channel for HxWxC."""
+    if factor <= 1:
+        return arr
+    if arr.ndim == 3:
+        return np.stack([_reduce(arr[..., c], factor) for c in range(arr.shape[2])], axis=2)
+    size = _reduced_size(arr.shape[0], arr.shape[1], factor)
+    reduced = np.asarray(
+        Image.fromarray(arr.astype(np.float32)).resize(size, Image.Resampling.BOX)
+    )
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.rint(reduced).astype(arr.dtype)
+    return reduced.astype(arr.dtype)
+
+
 # --- raster formats (PIL, tifffile) ---------------------------------------------------------
 
 
-def _read_pil_raw(path: Path, fmt: str) -> np.ndarray:
-    """Decoded pixels as stored: HxW or HxWx3 of uint8/uint16/int32/float32, alpha dropped."""
+def _read_pil_raw(path: Path, fmt: str, target_size: int | None) -> np.ndarray:
+    """Decoded pixels as stored: HxW or HxWx3 of uint8/uint16/int32/float32, alpha dropped.
+
+    With ``target_size`` a large image is reduced while decoding (JPEG: DCT scaling in the
+    decoder; others: area averages right after decoding, before any float copy is made)."""
     name = fmt.upper()
     try:
         with warnings.catch_warnings():
@@ -216,7 +325,14 @@ def _read_pil_raw(path: Path, fmt: str) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path, formats=[_PIL_FORMATS[fmt]]) as img:
                 _check_size(path, img.height, img.width)
+                factor = _reduction((img.height, img.width), target_size)
+                if factor > 1 and fmt == "jpeg":
+                    img.draft(None, (-(-img.width // factor), -(-img.height // factor)))
+                    factor = _reduction((img.height, img.width), target_size)
                 img.load()
+                if factor > 1:
+                    size = _reduced_size(img.height, img.width, factor)
+                    return _pil_to_array(_reducible(img).resize(size, Image.Resampling.BOX))
                 return _pil_to_array(img)
     except Image.DecompressionBombError:
         raise DataError(
@@ -227,6 +343,18 @@ def _read_pil_raw(path: Path, fmt: str) -> np.ndarray:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: truncated or corrupt {name} data") from exc
+
+
+def _reducible(img: Image.Image) -> Image.Image:
+    """A mode whose pixels can be averaged: palette indices and 1-bit become colour / grey, 16-bit
+    grey becomes 32-bit (exact; ``_pil_to_array`` turns it back into uint16)."""
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode.startswith("I;16"):
+        return img.convert("I")
+    return img
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -263,6 +391,11 @@ def _read_tiff_raw(path: Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+        if "imagecodecs" in str(exc):  # a compression tifffile only decodes with imagecodecs
+            raise DataError(
+                f"{path}: TIFF compression {_tiff_compression(path)} needs the imagecodecs "
+                "package (pip install imagecodecs); the file itself may be fine"
+            ) from exc
         raise DataError(f"{path}: truncated or corrupt TIFF data") from exc
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, 2)  # planar (CxHxW) storage
@@ -278,6 +411,16 @@ def _read_tiff_raw(path: Path) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         raise DataError(f"{path}: TIFF pixel data contains NaN or infinite values")
     return arr
+
+
+def _tiff_compression(path: Path) -> str:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages.first.compression.name
+    except Exception:  # only used to word an error message
+        return "(unknown)"
 
 
 def _scale_raster(arr: np.ndarray) -> np.ndarray:
@@ -322,16 +465,19 @@ def _dicom_dataset_pixels(path: Path) -> tuple[object, np.ndarray]:
     pixel_tags = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     if not any(tag in ds for tag in pixel_tags):
         raise DataError(f"{path}: DICOM file has no pixel data")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    rows = int(_dicom_number(path, ds, "Rows", 0, integer=True))
+    cols = int(_dicom_number(path, ds, "Columns", 0, integer=True))
     _check_size(path, rows, cols)
     _ensure_transfer_syntax(ds)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = int(_dicom_number(path, ds, "NumberOfFrames", 1, integer=True))
     if frames > 1:
         raise DataError(
             f"{path}: multi-frame DICOM ({frames} frames) is not supported; export one file per frame"
         )
     try:
-        pixels = np.asarray(ds.pixel_array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's value warnings; we raise on what we use
+            pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # missing decoder plugin, truncated data, bad attributes
         raise DataError(f"{path}: cannot decode DICOM pixel data ({exc})") from exc
     return ds, pixels
@@ -355,21 +501,35 @@ def _ensure_transfer_syntax(ds: object) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _read_dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+def _read_dicom(
+    path: Path, window: tuple[float, float] | None, target_size: int | None
+) -> np.ndarray:
     ds, pixels = _dicom_dataset_pixels(path)
-    samples = int(ds.get("SamplesPerPixel", 1))
+    photometric = str(ds.get("PhotometricInterpretation", ""))  # type: ignore[attr-defined]
+    photometric = photometric.strip().upper()
+    samples = int(_dicom_number(path, ds, "SamplesPerPixel", 1, integer=True))
+    colour = photometric == "PALETTE COLOR" or samples == 3
+    if colour and window is not None:
+        raise DataError(
+            f"{path}: a display window only applies to greyscale DICOM, this file is "
+            f"{photometric or 'colour'}"
+        )
+    factor = _reduction(pixels.shape, target_size)
+    if photometric == "PALETTE COLOR":
+        return _scale_raster(_reduce(_dicom_palette(path, ds, pixels), factor))
+    pixels = _reduce(pixels, factor)
     if samples == 3:
         if not np.issubdtype(pixels.dtype, np.integer):
             return _min_max(pixels.astype(np.float64))
-        bits = int(ds.get("BitsStored", 8))
+        bits = int(_dicom_number(path, ds, "BitsStored", 8, integer=True))
         return (pixels.astype(np.float32) / float(2**bits - 1)).clip(0.0, 1.0)
     values = pixels.astype(np.float64)
-    values = values * _dicom_number(ds, "RescaleSlope", 1.0) + _dicom_number(
-        ds, "RescaleIntercept", 0.0
+    values = values * _dicom_number(path, ds, "RescaleSlope", 1.0) + _dicom_number(
+        path, ds, "RescaleIntercept", 0.0
     )
     if not np.all(np.isfinite(values)):
         raise DataError(f"{path}: DICOM pixel data contains NaN or infinite values")
-    chosen = window if window is not None else _dicom_window(ds)
+    chosen = window if window is not None else _dicom_window(path, ds)
     if chosen is not None:
         center, width = float(chosen[0]), float(chosen[1])
         if not (np.isfinite(center) and np.isfinite(width) and width > 0):
@@ -378,30 +538,68 @@ def _read_dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
         scaled = np.clip((values - lo) / width, 0.0, 1.0).astype(np.float32)
     else:
         scaled = _min_max(values)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     return scaled
 
 
-def _dicom_number(ds: object, keyword: str, default: float) -> float:
-    """A numeric attribute, ``default`` only when it is absent or empty (never to paper over a bad value)."""
-    value = getattr(ds, keyword, None)
-    return default if value is None or value == "" else float(value)
+def _dicom_palette(path: Path, ds: object, indices: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR indices -> RGB through the file's own lookup table (uint8 or uint16)."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rgb = np.asarray(apply_color_lut(indices, ds))
+    except Exception as exc:  # missing or inconsistent LUT descriptor / data
+        raise DataError(f"{path}: PALETTE COLOR DICOM without a usable palette ({exc})") from exc
+    return rgb[..., :3]
 
 
-def _dicom_window(ds: object) -> tuple[float, float] | None:
-    center = getattr(ds, "WindowCenter", None)
-    width = getattr(ds, "WindowWidth", None)
-    if center is None or width is None:
+def _dicom_number(
+    path: Path, ds: object, keyword: str, default: float, *, integer: bool = False,
+    first_of_many: bool = False,
+) -> float:
+    """A numeric attribute; ``default`` only when it is absent or empty (never to paper over a
+    bad value). pydicom keeps a value it cannot parse as text and several values as a list, so
+    those are checked here: a non-number, a non-finite number, or several values where DICOM
+    allows one (unless ``first_of_many``) is a DataError naming the file and the tag."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about invalid values; we raise below
+            value = ds.get(keyword)  # type: ignore[attr-defined]
+    except Exception as exc:  # strict-mode conversion errors on a raw element
+        raise DataError(f"{path}: DICOM {keyword} cannot be read ({exc})") from exc
+    if value is None or value == "":
+        return default
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # MultiValue
+        values = list(value)
+        if not values:
+            return default
+        if len(values) > 1 and not first_of_many:
+            shown = "\\".join(str(v) for v in values)
+            raise DataError(
+                f"{path}: DICOM {keyword} has {len(values)} values ({shown}); it must have one"
+            )
+        value = values[0]
+    try:
+        number = int(value) if integer else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: DICOM {keyword} is {str(value)!r}, not a number") from None
+    if not math.isfinite(number):
+        raise DataError(f"{path}: DICOM {keyword} is {str(value)!r}, not a finite number")
+    return number
+
+
+def _dicom_window(path: Path, ds: object) -> tuple[float, float] | None:
+    """The file's first window (DICOM lists alternatives; the first is the default), or None."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:  # type: ignore[operator]
         return None
-
-    def first(value: object) -> float:
-        try:
-            return float(value[0])  # type: ignore[index]
-        except TypeError:
-            return float(value)  # type: ignore[arg-type]
-
-    return first(center), first(width)
+    center = _dicom_number(path, ds, "WindowCenter", math.nan, first_of_many=True)
+    width = _dicom_number(path, ds, "WindowWidth", math.nan, first_of_many=True)
+    if math.isnan(center) or math.isnan(width):  # present but empty
+        return None
+    return center, width
 
 
 # --- NIfTI ------------------------------------------------------------------------------------
@@ -429,26 +627,12 @@ def _load_nifti(path: Path) -> _Volume:
         _VOLUME_CACHE.move_to_end(key)
         return cached
     img = _open_nifti(path)
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
+    _nifti_sizes(path, img)  # every limit, from the header, before any voxel is read
+    if len(img.shape) == 4:
         img = img.slicer[..., 0]
-        shape = img.shape
-    if len(shape) == 2:
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
-        shape = img.shape
-    if len(shape) != 3:
-        raise DataError(
-            f"{path}: NIfTI image has {len(shape)} dimensions {tuple(shape)}; "
-            "only 3-D volumes (or 4-D with one volume) are supported"
-        )
-    voxels = int(np.prod(shape))
-    if voxels > MAX_VOXELS:
-        raise DataError(
-            f"{path}: NIfTI volume has {voxels} voxels; the limit is {MAX_VOXELS} (decompression-bomb guard)"
-        )
-    width, height, _ = _canonical_shape(img)  # a displayed slice is rot90 of canonical (x, y)
-    _check_size(path, height, width)
     try:
+        if len(img.shape) == 2:
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
         canonical = nib.as_closest_canonical(img)
         data = np.asarray(canonical.get_fdata(dtype=np.float32))
     except Exception as exc:  # truncated gzip, short data block
@@ -468,6 +652,7 @@ def _load_nifti(path: Path) -> _Volume:
 def _open_nifti(path: Path):  # -> nibabel image; untyped library object
     import nibabel as nib
 
+    _require_regular(path)
     try:
         return nib.load(path)
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, ...
@@ -475,34 +660,49 @@ def _open_nifti(path: Path):  # -> nibabel image; untyped library object
 
 
 def nifti_slice_count(path: str | Path) -> int:
-    """Number of axial slices of a NIfTI volume, read from the header only (no voxel data)."""
+    """Number of axial slices of a NIfTI volume, read from the header only (no voxel data).
+
+    The header's sizes are checked first (``MAX_VOXELS``, the slice size, at least one slice), so
+    a header claiming millions of slices never becomes millions of samples."""
     path = Path(path)
-    img = _open_nifti(path)
-    shape = img.shape
+    return _nifti_sizes(path, _open_nifti(path))[2]
+
+
+def _nifti_sizes(path: Path, img) -> tuple[int, int, int]:  # img: a nibabel image
+    """Canonical (x, y, z) sizes from the header, every limit checked; z is the slice count."""
+    shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) == 2:
-        return 1
+        shape = (*shape, 1)
     if len(shape) != 3:
         raise DataError(
-            f"{path}: NIfTI image has {len(shape)} dimensions {tuple(shape)}; "
+            f"{path}: NIfTI image has {len(img.shape)} dimensions {tuple(img.shape)}; "
             "only 3-D volumes (or 4-D with one volume) are supported"
         )
-    return _canonical_shape(img)[2]
+    voxels = math.prod(shape)
+    if voxels > MAX_VOXELS:
+        raise DataError(
+            f"{path}: NIfTI volume has {voxels} voxels {shape}; the limit is {MAX_VOXELS} "
+            "(decompression-bomb guard)"
+        )
+    width, height, slices = _canonical_shape(path, img, shape)
+    _check_size(path, height, width)  # a displayed slice is rot90 of canonical (x, y)
+    if slices < 1:
+        raise DataError(f"{path}: NIfTI volume has 0 axial slices {shape}; there is no image in it")
+    return width, height, slices
 
 
-def _canonical_shape(img) -> tuple[int, int, int]:  # img: a 3-D nibabel image
-    """(x, y, z) sizes after reorientation to RAS, from the header: z is the axial slice count."""
+def _canonical_shape(path: Path, img, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(x, y, z) sizes after reorientation to RAS of a stored 3-D ``shape``."""
     import nibabel as nib
 
     axis_codes = nib.orientations.io_orientation(img.affine)[:, 0]
     if not np.all(np.isfinite(axis_codes)):
-        raise DataError(
-            f"{img.get_filename()}: NIfTI affine is degenerate; the axial axis is undefined"
-        )
+        raise DataError(f"{path}: NIfTI affine is degenerate; the axial axis is undefined")
     sizes = [0, 0, 0]
     for stored_axis, code in enumerate(axis_codes[:3]):
-        sizes[int(code)] = int(img.shape[stored_axis])
+        sizes[int(code)] = shape[stored_axis]
     return sizes[0], sizes[1], sizes[2]
 
 
@@ -521,10 +721,13 @@ def _slice(path: Path, volume: np.ndarray, slice_index: int | None) -> np.ndarra
     return np.rot90(volume[:, :, slice_index])  # rows run anterior (top) to posterior
 
 
-def _scaled_nifti_slice(path: Path, slice_index: int | None) -> np.ndarray:
+def _scaled_nifti_slice(
+    path: Path, slice_index: int | None, target_size: int | None
+) -> np.ndarray:
     volume = _load_nifti(path)
     plane = _slice(path, volume.data, slice_index).astype(np.float64)
     plane = np.where(np.isfinite(plane), plane, volume.lo)
+    plane = _reduce(plane, _reduction(plane.shape, target_size))
     if volume.hi <= volume.lo:
         return np.zeros(plane.shape, np.float32)
     return np.clip((plane - volume.lo) / (volume.hi - volume.lo), 0.0, 1.0).astype(np.float32)
