@@ -741,15 +741,18 @@ def test_tiff_without_imagecodecs_says_so(tmp_path: Path) -> None:
 
 def test_target_size_reduces_large_images_by_area_averages(tmp_path: Path) -> None:
     """900 x 1200 with target 64: factor 900 // (4 * 64) = 3 -> 300 x 400, each pixel the mean of
-    a 3 x 3 block, kept in the storage type (8 bit: /255; 16 bit TIFF: /65535). Reference: numpy
-    block means of the full-size read. Kills: a different factor (shape), a float result from
-    _reduce (16-bit values would then be min-max scaled), no reduction at all."""
+    a 3 x 3 block, kept in the storage type (8 bit: /255; 16 bit TIFF: /65535; 1 bit: the
+    fraction). Reference: numpy block means of the full-size read. Kills: a different factor
+    (shape), a float result from _reduce (16-bit values would then be min-max scaled), a bool
+    result (any set pixel would whiten its block), no reduction at all."""
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (900, 1200), dtype=np.uint8)
     wide = rng.integers(0, 65536, (900, 1200), dtype=np.uint16)
     Image.fromarray(grey).save(tmp_path / "g.png")
     tifffile.imwrite(tmp_path / "w.tif", wide)
-    for path, step in ((tmp_path / "g.png", 255), (tmp_path / "w.tif", 65535)):
+    tifffile.imwrite(tmp_path / "b.tif", grey > 127)  # 1 bit: blocks become grey fractions
+    cases = ((tmp_path / "g.png", 255), (tmp_path / "w.tif", 65535), (tmp_path / "b.tif", 1e6))
+    for path, step in cases:
         full = read_image(path)[..., 0].astype(np.float64)
         small = read_image(path, target_size=64)
         _check_rgb(small, (300, 400))

@@ -70,6 +70,7 @@ from pdd.errors import DataError
 
 __all__ = [
     "DECODE_OVERSAMPLE",
+    "LOSSY_MASK_FORMATS",
     "MAX_PIXELS",
     "MAX_VOXELS",
     "MIN_SIDE",
@@ -296,7 +297,8 @@ def _reduced_size(height: int, width: int, factor: int) -> tuple[int, int]:
 
 def _reduce(arr: np.ndarray, factor: int) -> np.ndarray:
     """Area averages (Pillow's BOX filter) down to ``_reduced_size``, in the array's own storage
-    type so the intensity rules do not change; per channel for HxWxC."""
+    type so the intensity rules do not change (bool: the float fraction, read as grey in [0, 1]);
+    per channel for HxWxC."""
     if factor <= 1:
         return arr
     if arr.ndim == 3:
@@ -305,6 +307,8 @@ def _reduce(arr: np.ndarray, factor: int) -> np.ndarray:
     reduced = np.asarray(
         Image.fromarray(arr.astype(np.float32)).resize(size, Image.Resampling.BOX)
     )
+    if arr.dtype == np.bool_:
+        return reduced
     if np.issubdtype(arr.dtype, np.integer):
         return np.rint(reduced).astype(arr.dtype)
     return reduced.astype(arr.dtype)
