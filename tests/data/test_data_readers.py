@@ -311,6 +311,13 @@ def _mask_cases() -> list[tuple[str, Callable[[Path, np.ndarray], Path], np.ndar
     cases.append(("png 0/255", _save_png, raw, expected))
     raw, expected = _lesion(on=1)
     cases.append(("png 0/1 labels", _save_png, raw, expected))
+    raw, _ = _lesion(on=4)
+    raw[10, 10:12] = (1, 2)  # BraTS-style labels 1, 2, 4 (all at most 127): every label is lesion
+    cases.append(("png labels 1 2 4", _save_png, raw, raw > 0))
+    raw, expected = _lesion(np.uint16, on=255)  # a 16-bit two-valued mask: still a label image
+    cases.append(("png 16 bit 0/255", _save_png, raw, expected))
+    raw, expected = _lesion(np.int32, on=255)
+    cases.append(("tiff int32 0/255", _save_tiff, raw, expected))
     raw, _ = _lesion(np.uint16, on=40000)
     raw[10, 10] = 20000  # below half of the 16-bit range: not lesion
     cases.append(("png 16 bit", _save_png, raw, raw == 40000))
@@ -344,8 +351,9 @@ def test_mask_is_thresholded_at_half_its_range(
 ) -> None:
     """Hand-made expectations per storage type. Kills: ``raw != 0`` (the old rule: the 16-bit,
     probability and RGB cases count their below-half pixels), a fixed 127 for every type (the
-    0/1, probability, 16-bit and NIfTI-label cases), half of the mask's own maximum for NIfTI
-    (labels 1 and 2 lost)."""
+    label, 16-bit and int32 cases lose their lesion), half of the storage maximum without the
+    label-image rule (labels and 16-bit 0/255 lost), half of the mask's own maximum (labels 1 and
+    2 lost)."""
     suffixes = {_save_nifti_labels: ".nii.gz", _save_tiff: ".tif", _save_png: ".png"}
     suffix = suffixes[writer]
     path = writer(tmp_path / f"m{suffix}", raw)

@@ -40,11 +40,12 @@ Intensity rules, so that every caller sees the same numbers:
   the reduced stored values. Without ``target_size`` images are read at full size.
 
 Masks (:func:`read_mask`) are thresholded at half of their range, so that compression noise and
-antialiased edges are not lesion: bool masks as stored; NIfTI masks (label volumes) > 0.5; other
-masks whose values all lie in [0, 1] (0/1 label images, probabilities) > 0.5, except lossy JPEG;
-8/16-bit masks > half the storage maximum (127 / 32767); anything else (signed or 32-bit
-integers, floats above 1) > half of the mask's own maximum. Any channel above counts. The first
-mask read from a lossy format (JPEG) in a process warns, naming the file.
+antialiased edges are not lesion. Integer masks: above half of the storage maximum (127 for 8 bit,
+32767 for 16 bit) when any value exceeds it, else every positive value (a label image: 0/1,
+0/1/2/4, a 16-bit 0/255). Float masks: above 0.5 when all values lie in [0, 1] (probabilities),
+else above half of their maximum. NIfTI masks (label volumes) > 0.5. Bool masks as stored. Lossy
+JPEG masks always above half of the storage maximum (their noise is never a label), and the first
+one read in a process warns, naming the file. Any channel above counts.
 
 Every file is judged by ``stat`` before it is opened: a named pipe, socket, device or broken link
 is a DataError and is never opened (opening a FIFO blocks for ever).
@@ -250,16 +251,17 @@ def _mask_from_raw(path: Path, fmt: str, raw: np.ndarray) -> np.ndarray:
             UserWarning,
             stacklevel=3,
         )
-    if raw.dtype == np.bool_:
-        return raw
-    if raw.size == 0:
+    if raw.dtype == np.bool_ or raw.size == 0:
         return raw.astype(np.bool_)
-    low, high = float(raw.min()), float(raw.max())
-    if fmt == "nifti" or (not lossy and low >= 0.0 and high <= 1.0):
+    if fmt == "nifti":
         return raw > 0.5
-    if raw.dtype in (np.uint8, np.uint16):
-        return raw > np.iinfo(raw.dtype).max // 2
-    return raw > high / 2.0 if high > 0 else np.zeros(raw.shape, np.bool_)
+    high = raw.max()
+    if np.issubdtype(raw.dtype, np.integer):
+        half = np.iinfo(raw.dtype).max // 2
+        return raw > half if lossy or high > half else raw > 0
+    if high <= 1.0:
+        return raw > 0.5
+    return raw > high / 2.0
 
 
 def _require_format(path: Path) -> str:
