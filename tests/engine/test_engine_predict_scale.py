@@ -110,8 +110,10 @@ def test_two_ddp_processes_score_every_input_once(fake_model: None, data, tmp_pa
     assert "images/s" in done.stdout and done.stdout.count("scored") == 1  # rank 0 reports alone
 
 
-def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: Path) -> None:
-    """Kills: rescoring finished inputs on resume (the forward log would exceed the pending
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: Path, stop: int) -> None:
+    """SIGKILL (cut-off part files) and SIGTERM (exit 143 naming the resume command).
+    Kills: rescoring finished inputs on resume (the forward log would exceed the pending
     count), duplicated rows (the merge would differ from the uninterrupted run)."""
     folder, ckpt, total = data
     out, log = tmp_path / "out", tmp_path / "first.log"
@@ -120,13 +122,19 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
     process = subprocess.Popen(
         [sys.executable, str(script), "predict", "--checkpoint", str(ckpt), str(folder), "--out", str(out),
          "--accelerator", "cpu", "--batch-size", "2", "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300
     while sum(n for _, n in _log(log)) < 6 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    if stop == signal.SIGTERM:
+        assert process.returncode == 143
+        assert stderr.strip().splitlines()[-1] == (
+            f"error: predict terminated (SIGTERM); finished scans are kept in {out}; "
+            f"continue with `pdd predict --resume {out}`"
+        )
     assert not (out / "scores.csv").exists(), "the run finished before it could be killed"
     work = out / ".partial"
     finished: set[int] = set()

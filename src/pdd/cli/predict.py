@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from pdd.cli._common import (
@@ -73,7 +75,38 @@ def _devices(text: str | None) -> int | str | None:
     return value
 
 
+class _Stopped(Exception):
+    """A signal while predicting. Not a KeyboardInterrupt: Lightning turns that into exit 1."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def _run(args: argparse.Namespace) -> int:
+    """Score, or say how to continue when stopped: Ctrl-C exits 130, SIGTERM 143."""
+    out = args.resume if args.resume is not None else args.out
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _predict(args)
+    except _Stopped as exc:
+        what = "terminated (SIGTERM)" if exc.signum == signal.SIGTERM else "interrupted"
+        print(
+            f"error: predict {what}; finished scans are kept in {out}; "
+            f"continue with `pdd predict --resume {out}`",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _predict(args: argparse.Namespace) -> int:
     from pdd.engine import predict as engine
 
     if args.device is not None:
