@@ -303,3 +303,19 @@ def test_cli_device_errors_leave_nothing(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_refuses_a_changed_checkpoint_and_fixed_options(
+    tmp_path: Path, inputs: dict, model_and_ckpt, capsys
+) -> None:
+    """A resumed run must score with the same model and options as the run it continues."""
+    _, ckpt, _ = model_and_ckpt
+    own = tmp_path / "model.ckpt"
+    own.write_bytes(ckpt.read_bytes())
+    _run(own, [inputs["png"]], tmp_path / "out")
+    code = main(["predict", "--resume", str(tmp_path / "out"), "--scan-score", "mean-top-2"])
+    assert code == 1 and "--scan-score cannot be given" in capsys.readouterr().err
+    stat = own.stat()
+    os.utime(own, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(PDDError, match="changed since the run started"):
+        resume(tmp_path / "out")
