@@ -9,6 +9,7 @@ Most tests use the tiny ``fake`` model (two "presets" routed to it); one slow te
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable, Mapping
 from html.parser import HTMLParser
@@ -221,7 +222,10 @@ def test_an_interrupted_cell_is_resumed_and_finished_cells_kept(
     monkeypatch.setattr(training, "build_trainer", counting)
     log: list[str] = []
     run_benchmark(load(suite_file), out, log=log.append)
-    assert log == ["[1/2] a / fake: complete, skipped", "[2/2] a / fake-b: resuming the interrupted run"]
+    assert log == [
+        "[1/2] a / fake: complete, skipped",
+        "[2/2] a / fake-b: resuming the interrupted run",
+    ]
     assert len(fakes) == 3 and first.stat().st_mtime_ns == stamp
     resumed = read_metrics(out / "runs/a/fake-b")
     assert [row["image_auroc_mean"] for row in read_csv(out / "results.csv")][1] == str(
@@ -240,15 +244,23 @@ def test_a_different_suite_in_the_same_folder_is_refused(
 ) -> None:
     """Kills: a rerun that mixes two suites' results in one folder, or overwrites suite.yaml."""
     one = write_suite(
-        tmp_path / "one.yaml", seeds=[0], presets=["fake"], datasets=[{"name": "a", "data": str(two_sets[0])}]
+        tmp_path / "one.yaml",
+        seeds=[0],
+        presets=["fake"],
+        datasets=[{"name": "a", "data": str(two_sets[0])}],
     )
     out = tmp_path / "bench"
     run_benchmark(load(one), out)
     saved = (out / "suite.yaml").read_text()
     other = write_suite(
-        tmp_path / "other.yaml", seeds=[0, 1], presets=["fake"], datasets=[{"name": "a", "data": str(two_sets[0])}]
+        tmp_path / "other.yaml",
+        seeds=[0, 1],
+        presets=["fake"],
+        datasets=[{"name": "a", "data": str(two_sets[0])}],
     )
-    with pytest.raises(ConfigError, match=r"different suite .* differs in name, seeds, source") as caught:
+    with pytest.raises(
+        ConfigError, match=r"different suite .* differs in name, seeds, source"
+    ) as caught:
         run_benchmark(load(other), out)
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="differs in teachers"):
@@ -285,14 +297,7 @@ def test_a_multi_class_set_reports_its_class_mean(
     assert "class mean" in (out / "results.md").read_text()
 
 
-@pytest.mark.xfail(
-    reason="the runner does not train jointly yet (FitOptions.joint is ignored; issue 12, lead's "
-    "part): no class_mean in metrics.json",
-    strict=True,
-)
-def test_a_joint_set_reports_pooled_and_class_mean_rows(
-    fakes: list[int], tmp_path: Path
-) -> None:
+def test_a_joint_set_reports_pooled_and_class_mean_rows(fakes: list[int], tmp_path: Path) -> None:
     """``joint: true`` reaches the runner: one model per seed, a pooled row and a class-mean row
     whose numbers are metrics.json's (the paper's Uni-Medical numbers sit beside the class mean).
 
@@ -322,6 +327,100 @@ def test_a_joint_set_reports_pooled_and_class_mean_rows(
     assert (pooled["published_image_auroc"], by_class["published_image_auroc"]) == ("", "0.814")
 
 
+def test_each_cell_fits_with_the_suites_settings(tmp_path: Path) -> None:
+    """Kills: ``joint``, a class, the split file or a shared setting not reaching ``fit``."""
+    from pdd.engine.benchmark import RunSettings, fit_options, plan
+
+    for name in ("one", "uni"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "split.csv").write_text("path,label,split\n")
+    suite = load(
+        write_suite(
+            tmp_path / "s.yaml",
+            seeds=[3, 1],
+            presets=["fake", "fake-b"],
+            batch_size=6,
+            holdout_fraction=0.2,
+            datasets=[
+                {"name": "one", "data": "one", "class": "liver", "split_file": "split.csv"},
+                {"name": "uni", "data": "uni", "format": "unimedical", "joint": True},
+            ],
+        )  # fmt: skip
+    )
+    cells = plan(suite, tmp_path / "bench")
+    assert [(c.dataset.name, c.preset) for c in cells] == [
+        ("one", "fake"), ("one", "fake-b"), ("uni", "fake"), ("uni", "fake-b"),
+    ]  # fmt: skip
+    settings = RunSettings(accelerator="cpu", num_workers=2, progress=False)
+    first, _, joint, _ = (fit_options(suite, cell, settings) for cell in cells)
+    assert (first.out, joint.out) == (
+        tmp_path / "bench/runs/one/fake",
+        tmp_path / "bench/runs/uni/fake",
+    )
+    assert (first.data, first.format, first.class_name, first.split_file, first.joint) == (
+        (tmp_path / "one").resolve(),
+        "auto",
+        "liver",
+        (tmp_path / "split.csv").resolve(),
+        False,
+    )
+    assert (joint.format, joint.joint, joint.class_name) == ("unimedical", True, None)
+    for options in (first, joint):
+        assert (options.seeds, options.teachers, options.image_size, options.epochs) == (
+            [3, 1],
+            "random",
+            32,
+            1,
+        )
+        assert (options.batch_size, options.holdout_fraction) == (6, 0.2)
+        assert (options.accelerator, options.num_workers, options.progress) == ("cpu", 2, False)
+
+
+def test_joint_rows_read_pooled_metrics_and_the_class_mean_over_seeds(tmp_path: Path) -> None:
+    """Reading a joint run folder as the runner describes it (hand-written metrics.json: pooled
+    top level with ``std``, per seed ``runs`` with ``class_mean``), without training anything.
+
+    Kills: the class-mean row averaging the pooled values, a sample (ddof=1) instead of the
+    runner's population std, the published numbers attached to the pooled row.
+    """
+    from pdd.engine.benchmark import collect_results, plan
+
+    (tmp_path / "uni").mkdir()
+    suite = load(
+        write_suite(
+            tmp_path / "s.yaml",
+            seeds=[0, 1],
+            presets=["fake"],
+            datasets=[{"name": "uni", "data": "uni", "format": "unimedical", "joint": True}],
+            published={"datasets": {"uni": {"over": "classes", "fake": {"image_ap": 80.0}}}},
+        )  # fmt: skip
+    )
+    out = tmp_path / "bench"
+    (cell,) = plan(suite, out)
+    seeds = {
+        "seed_0": {"image_auroc": 0.9, "image_ap": 0.8, "class_mean": {"image_auroc": 0.7, "image_ap": 0.6}},
+        "seed_1": {"image_auroc": 0.8, "image_ap": 0.6, "class_mean": {"image_auroc": 0.5, "image_ap": 0.2}},
+    }  # fmt: skip
+    record = {
+        "image_auroc": 0.85, "image_ap": 0.7, "std": {"image_auroc": 0.05, "image_ap": 0.1},
+        "seeds": [0, 1], "runs": seeds, "teachers": "random",
+        "classes": {"brain": {"image_auroc": 0.6}, "liver": {"image_auroc": 0.6}},
+    }  # fmt: skip
+    cell.folder.mkdir(parents=True)
+    (cell.folder / "metrics.json").write_text(json.dumps(record))
+    pooled, by_class = collect_results(suite, out, [cell])
+    assert (pooled.over, pooled.mean, pooled.std) == (
+        "pooled",
+        {"image_auroc": 0.85, "image_ap": 0.7},
+        {"image_auroc": 0.05, "image_ap": 0.1},
+    )
+    assert by_class.over == "classes" and by_class.seeds == (0, 1)
+    assert by_class.mean == pytest.approx({"image_auroc": 0.6, "image_ap": 0.4})
+    assert by_class.std == pytest.approx({"image_auroc": 0.1, "image_ap": 0.2})  # |a - b| / 2
+    assert (pooled.published, by_class.published) == ({}, {"image_ap": 0.8})
+    assert by_class.seed_folders == ("runs/uni/fake/seed_0", "runs/uni/fake/seed_1")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -343,7 +442,11 @@ def test_a_joint_set_reports_pooled_and_class_mean_rows(
 def test_bad_suite_files_fail_in_one_line_naming_file_and_key(
     tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
-    values: dict[str, Any] = {"seeds": [0], "presets": ["fake"], "datasets": [{"name": "a", "data": "."}]}
+    values: dict[str, Any] = {
+        "seeds": [0],
+        "presets": ["fake"],
+        "datasets": [{"name": "a", "data": "."}],
+    }
     values.update(change)
     path = write_suite(tmp_path / "bad.yaml", **{k: v for k, v in values.items() if v is not None})
     with pytest.raises(ConfigError) as caught:
@@ -378,7 +481,9 @@ def test_builtin_suites_carry_the_published_numbers(tmp_path: Path) -> None:
         for n in ("headct", "brainmri", "zhanglab", "unimedical")
     ]
     assert paper.teachers == "pretrained" and "as reported" in paper.published_label
-    auroc = {d: {p: v.get("image_auroc") for p, v in by.items()} for d, by in paper.published.items()}
+    auroc = {
+        d: {p: v.get("image_auroc") for p, v in by.items()} for d, by in paper.published.items()
+    }
     assert auroc == {
         "headct": {"pdd": 0.975, "pdd-reference": 0.975, "rd4ad": 0.743},
         "brainmri": {"pdd": 0.967, "pdd-reference": 0.967, "rd4ad": 0.809},
@@ -399,10 +504,14 @@ def test_builtin_suites_carry_the_published_numbers(tmp_path: Path) -> None:
     )
 
 
-def test_cli_reports_a_bad_suite_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_bad_suite_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pdd.cli import main
 
-    path = write_suite(tmp_path / "s.yaml", seeds=[0], presets=["rd4ad"], datasets=[{"name": "a", "data": "x"}])
+    path = write_suite(
+        tmp_path / "s.yaml", seeds=[0], presets=["rd4ad"], datasets=[{"name": "a", "data": "x"}]
+    )
     assert main(["benchmark", "--suite", str(path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {path}: datasets[0].data: ")
@@ -424,7 +533,9 @@ def test_cli_runs_real_presets_and_reruns_without_training(
         return BUILD_TRAINER(*args, **kwargs)
 
     monkeypatch.setattr(training, "build_trainer", counting)
-    make_phantom_dataset(tmp_path / "data" / "tiny", n_train=10, n_test_normal=2, n_test_abnormal=2, size=64)
+    make_phantom_dataset(
+        tmp_path / "data" / "tiny", n_train=10, n_test_normal=2, n_test_abnormal=2, size=64
+    )
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         yaml.safe_dump(
@@ -440,7 +551,9 @@ def test_cli_runs_real_presets_and_reruns_without_training(
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "[1/2] tiny / rd4ad" in captured.err and "[2/2] tiny / pdd" in captured.err
-    assert captured.out.split() == [str(tmp_path / "out" / n) for n in ("results.csv", "results.md", "report.html")]
+    assert captured.out.split() == [
+        str(tmp_path / "out" / n) for n in ("results.csv", "results.md", "report.html")
+    ]
     assert len(built) == 2
     rows = read_csv(tmp_path / "out" / "results.csv")
     for row in rows:

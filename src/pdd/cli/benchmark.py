@@ -61,7 +61,10 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     run_benchmark(
-        suite, args.out, settings=settings, log=lambda line: print(line, file=sys.stderr, flush=True)
+        suite,
+        args.out,
+        settings=settings,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     for name in ("results.csv", "results.md", "report.html"):
         print(args.out / name)

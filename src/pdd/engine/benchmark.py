@@ -166,13 +166,15 @@ def _claim(out: Path, suite: Suite) -> None:
             )
         return
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"{out}: output folder is not empty and holds no {SUITE_FILE}; choose another --out")
+        raise ConfigError(
+            f"{out}: output folder is not empty and holds no {SUITE_FILE}; choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(saved_path, wanted)
 
 
 def collect_results(suite: Suite, out: Path, cells: Sequence[Cell]) -> list[ResultRow]:
-    """The rows of the tables, read from each cell's ``metrics.json``, published numbers attached."""
+    """The table rows, read from each cell's ``metrics.json``, with the published numbers."""
     rows: list[ResultRow] = []
     for cell in cells:
         record = read_json(cell.folder / "metrics.json")
@@ -193,17 +195,20 @@ def collect_results(suite: Suite, out: Path, cells: Sequence[Cell]) -> list[Resu
 
 
 def _rows_of(cell: Cell, record: Mapping[str, Any], out: Path) -> list[ResultRow]:
-    """The top-level metrics of a run folder, and for a joint set also its mean over classes."""
+    """The top-level metrics of a run folder, and for a joint model also its mean over classes
+    (a joint record is one with a ``class_mean``, per seed when there are several)."""
     multi_seed = "runs" in record
     seeds = tuple(int(s) for s in record["seeds"]) if multi_seed else (int(record["seed"]),)
     per_seed = [record["runs"][f"seed_{s}"] for s in seeds] if multi_seed else [record]
     folder = cell.folder.relative_to(out).as_posix()
     top_std = record.get("std", {}) if multi_seed else {}
     mean = {k: float(record[k]) for k in METRIC_KEYS if k in record}
+    class_means = [r.get("class_mean") for r in per_seed]
+    joint = all(isinstance(c, Mapping) for c in class_means)  # what ran, not what was asked
     base = ResultRow(
         dataset=cell.dataset.name,
         preset=cell.preset,
-        over="pooled" if cell.dataset.joint else ("classes" if "classes" in record else "images"),
+        over="pooled" if joint else ("classes" if "classes" in record else "images"),
         teachers=str(record.get("teachers")),
         seeds=seeds,
         mean=mean,
@@ -212,8 +217,7 @@ def _rows_of(cell: Cell, record: Mapping[str, Any], out: Path) -> list[ResultRow
         seed_folders=tuple(f"{folder}/seed_{s}" for s in seeds) if multi_seed else (folder,),
     )
     rows = [base]
-    class_means = [r.get("class_mean") for r in per_seed]
-    if cell.dataset.joint and all(isinstance(c, Mapping) for c in class_means):
+    if joint:
         # The same mean and (population) std over seeds as the runner's aggregate.
         class_mean, class_std = mean_metrics(class_means)  # type: ignore[arg-type]
         rows.append(

@@ -139,7 +139,7 @@ def _md_cell(text: str) -> str:
 
 def results_markdown(suite: Suite, rows: Sequence[ResultRow]) -> str:
     header, cells = _table(suite, rows)
-    lines = [f"# Benchmark {suite.name}", ""]
+    lines = [f"# Benchmark: {suite.name}", ""]
     for note in _notes(suite, rows):
         lines += [note, ""]
     lines.append("| " + " | ".join(map(_md_cell, header)) + " |")
@@ -164,23 +164,27 @@ def results_html(suite: Suite, rows: Sequence[ResultRow]) -> str:
     header, cells = _table(suite, rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header + ["reports"])
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + f"<td>{_links(row)}</td></tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(c)}</td>" for c in line)
+        + f"<td>{_links(row)}</td></tr>"
         for line, row in zip(cells, rows, strict=True)
     )
     notes = "".join(
-        f'<p class="warn">{html.escape(n)}</p>' if n == _RANDOM_WARNING else f"<p>{html.escape(n)}</p>"
+        f'<p class="warn">{html.escape(n)}</p>'
+        if n == _RANDOM_WARNING
+        else f"<p>{html.escape(n)}</p>"
         for n in _notes(suite, rows)
     )
     title = html.escape(f"pdd benchmark: {suite.name}")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{title}</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "th,td{border:1px solid #bbb;padding:4px 8px;text-align:left}"
         ".warn{background:#c62828;color:#fff;padding:8px;font-weight:bold}"
         f"</style></head><body><h1>{title}</h1>{notes}"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        "<p>Results files: <a href=\"results.csv\">results.csv</a>, "
-        "<a href=\"results.md\">results.md</a>, <a href=\"suite.yaml\">suite.yaml</a>.</p>"
+        '<p>Results files: <a href="results.csv">results.csv</a>, '
+        '<a href="results.md">results.md</a>, <a href="suite.yaml">suite.yaml</a>.</p>'
         "</body></html>\n"
     )

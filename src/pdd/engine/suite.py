@@ -120,8 +120,7 @@ def load_suite(
             )
     elif not path.is_file():
         raise ConfigError(
-            f"{suite}: no such suite file, and not a built-in suite "
-            f"({', '.join(BUILTIN_SUITES)})"
+            f"{suite}: no such suite file, and not a built-in suite ({', '.join(BUILTIN_SUITES)})"
         )
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -143,7 +142,7 @@ def load_suite(
 
 
 def suite_to_dict(suite: Suite) -> dict[str, Any]:
-    """Plain data for ``suite.yaml`` in the output folder (published numbers in percent, as read)."""
+    """Plain data for ``suite.yaml`` in the output folder (published numbers in percent)."""
     values: dict[str, Any] = {"name": suite.name, "source": suite.source}
     for key in ("image_size", "epochs", "batch_size", "holdout_fraction"):
         if getattr(suite, key) is not None:
@@ -188,13 +187,17 @@ class _Where:
 
     def __truediv__(self, key: str | int) -> _Where:
         part = f"[{key}]" if isinstance(key, int) else str(key)
-        joined = part if not self.key else (
-            f"{self.key}{part}" if isinstance(key, int) else f"{self.key}.{part}"
+        joined = (
+            part
+            if not self.key
+            else (f"{self.key}{part}" if isinstance(key, int) else f"{self.key}.{part}")
         )
         return _Where(self.file, joined)
 
     def fail(self, problem: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.key}: {problem}" if self.key else f"{self.file}: {problem}")
+        return ConfigError(
+            f"{self.file}: {self.key}: {problem}" if self.key else f"{self.file}: {problem}"
+        )
 
 
 def _mapping(value: Any, where: _Where, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -272,12 +275,12 @@ def _parse(
     }
     file_teachers = top.get("teachers", "pretrained")
     if file_teachers not in TEACHERS:
-        raise (where / "teachers").fail(f"expected one of {', '.join(TEACHERS)}, got {file_teachers!r}")
+        raise (where / "teachers").fail(
+            f"expected one of {', '.join(TEACHERS)}, got {file_teachers!r}"
+        )
     holdout = top.get("holdout_fraction")
     if holdout is not None and (
-        isinstance(holdout, bool)
-        or not isinstance(holdout, (int, float))
-        or not 0 <= holdout < 1
+        isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1
     ):
         raise (where / "holdout_fraction").fail(f"expected a number in [0, 1), got {holdout!r}")
     seeds = _unique_list(top["seeds"], where / "seeds", _seed)
@@ -352,7 +355,9 @@ def _dataset(value: Any, where: _Where, base: Path) -> DatasetEntry:
     if class_name is not None:
         class_name = _text(class_name, where / "class")
         if joint:
-            raise (where / "class").fail("a joint dataset trains on every class; drop class or joint")
+            raise (where / "class").fail(
+                "a joint dataset trains on every class; drop class or joint"
+            )
     split = entry.get("split_file")
     return DatasetEntry(
         name=_folder_name(entry["name"], where / "name"),
@@ -365,8 +370,10 @@ def _dataset(value: Any, where: _Where, base: Path) -> DatasetEntry:
 
 
 def _percent(value: Any, where: _Where) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and 0 <= value <= 100
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and 0 <= value <= 100)
     ):
         raise where.fail(f"expected a percentage in [0, 100], got {value!r}")
     return round(float(value) / 100, 10)  # 96.7 -> 0.967, not 0.9670000000000001
