@@ -6,16 +6,23 @@ never averaged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pdd.engine.options import FitOptions
-from pdd.engine.run_folder import read_scores, read_yaml, write_json, write_report, write_scores, write_yaml
+from pdd.engine.run_folder import (
+    read_scores,
+    read_yaml,
+    write_json,
+    write_report,
+    write_scores,
+    write_yaml,
+)
 
-__all__ = ["METRIC_KEYS", "aggregate_classes", "aggregate_seeds", "mean_metrics"]
+__all__ = ["METRIC_KEYS", "aggregate_classes", "aggregate_seeds", "mean_metrics", "mean_over"]
 
 METRIC_KEYS = (
     "image_auroc", "image_ap", "image_f1_max",
@@ -34,6 +41,9 @@ def _common_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
         "batch_size",
         "dataset",
         "format",
+        "joint",
+        "holdout_fraction",
+        "global_batch_size",
         "pdd_version",
     )
     return {key: record.get(key) for key in keys}
@@ -42,6 +52,7 @@ def _common_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
 def mean_metrics(
     records: Sequence[Mapping[str, Any]],
 ) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and (population) standard deviation of each metric that every record has."""
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
     for key in METRIC_KEYS:
@@ -50,6 +61,11 @@ def mean_metrics(
             mean[key] = float(np.mean(values))
             std[key] = float(np.std(values))
     return mean, std
+
+
+def mean_over(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The mean of each metric that every record has."""
+    return mean_metrics(list(records))[0]
 
 
 def aggregate_classes(
@@ -96,6 +112,7 @@ def aggregate_classes(
 def aggregate_seeds(
     options: FitOptions, seed_records: Mapping[int, Mapping[str, Any]]
 ) -> None:
+    """Mean and std over seeds of every metric (pooled, per class and the class mean alike)."""
     records = list(seed_records.values())
     mean, std = mean_metrics(records)
     record: dict[str, Any] = {
@@ -109,7 +126,7 @@ def aggregate_seeds(
             f"seed_{seed}": {
                 name: f"seed_{seed}/{path}" for name, path in r["split"].items()
             }
-            if "classes" in r
+            if isinstance(r["split"], dict)
             else f"seed_{seed}/split.csv"
             for seed, r in seed_records.items()
         },
@@ -119,5 +136,8 @@ def aggregate_seeds(
             name: mean_metrics([r["classes"][name] for r in records])[0]
             for name in records[0]["classes"]
         }
+    if "class_mean" in records[0]:
+        mean_of_means, std_of_means = mean_metrics([r["class_mean"] for r in records])
+        record["class_mean"] = {**mean_of_means, "std": std_of_means}
     write_json(options.out / "metrics.json", record)
     write_report(options.out)

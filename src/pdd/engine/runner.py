@@ -20,6 +20,7 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,18 @@ import torch
 import yaml
 
 from pdd import __version__, create_model
-from pdd.data import list_classes, load_dataset
+from pdd.data import DatasetSplit, list_classes, load_dataset
 from pdd.engine import checkpoint as model_checkpoint
 from pdd.engine import training
 from pdd.engine.aggregate import aggregate_classes, aggregate_seeds
-from pdd.engine.evaluation import calibrate, evaluate_test, split_record
+from pdd.engine.evaluation import (
+    calibrate,
+    class_thresholds,
+    colour_scale,
+    evaluate_test,
+    split_record,
+)
+from pdd.engine.loggers import build_loggers
 from pdd.engine.module import AnomalyModule
 from pdd.engine.options import (
     FitOptions,
@@ -108,22 +116,33 @@ def test(
     """Evaluate a saved model on a dataset's test split; returns the run folder.
 
     The threshold and heatmap scale are the checkpoint's (chosen on the training run's held-out
-    normals). Without ``split_file`` the split is drawn with the checkpoint's training seed, so a
-    small set without an official split is tested on exactly the images its training never saw.
+    normals; a checkpoint without a threshold is evaluated without decisions). Without
+    ``split_file`` the split is drawn with the checkpoint's training seed, holdout fraction and
+    grouping, so a small set without an official split is tested on exactly the images its
+    training never saw. A joint model is tested on every class (pooled, per class, class mean).
     """
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     model, meta = model_checkpoint.load(checkpoint)
-    if "threshold" not in meta or "map_stats" not in meta:
+    if "map_stats" not in meta:
         raise CheckpointError(
-            f"{checkpoint}: checkpoint has no threshold and heatmap statistics "
-            "(not written by `pdd fit`); it cannot be tested"
+            f"{checkpoint}: checkpoint has no heatmap statistics (not written by `pdd fit`); "
+            "it cannot be tested"
         )
     provenance = meta.get("provenance", {})
     seed = int(provenance.get("seed", 0))
-    class_name = class_name if class_name is not None else provenance.get("class_name")
+    if provenance.get("joint"):
+        class_name = None  # a joint model is tested on every class, as it was trained
+    elif class_name is None:
+        class_name = provenance.get("class_name")
     refuse_existing_run(out)
     split = load_dataset(
-        data, format, class_name=class_name, seed=seed, split_file=split_file
+        data,
+        format,
+        class_name=class_name,
+        seed=seed,
+        split_file=split_file,
+        holdout_fraction=float(provenance.get("holdout_fraction", 0.1)),
+        group_by=provenance.get("group_by"),
     )
     image_size = int(meta["config"]["image_size"])
     batch_size = int(
@@ -134,7 +153,14 @@ def test(
         model.to(device), device, image_size, batch_size, 0, nullcontext, progress
     )
     started = time.monotonic()
-    result = evaluate_test(scorer, split, meta["threshold"], meta["map_stats"], out)
+    result = evaluate_test(
+        scorer,
+        split,
+        meta.get("threshold"),
+        meta["map_stats"],
+        out,
+        class_thresholds=meta.get("class_thresholds"),
+    )
     record = {
         **result,
         **split_record(split, "split.csv"),
@@ -142,6 +168,7 @@ def test(
         "teachers": meta["config"]["teachers"],
         "teacher_identity": meta["teachers"],
         "seed": seed,
+        "joint": bool(provenance.get("joint", False)),
         "image_size": image_size,
         "epochs": provenance.get("epochs"),
         "checkpoint": str(checkpoint),
@@ -177,9 +204,12 @@ class _SubRun:
 
 
 def _plan(options: FitOptions) -> list[_SubRun]:
-    """One sub-run per seed and class, with the folder it writes."""
-    if options.class_name is not None:
-        classes: list[str | None] = [options.class_name]
+    """One sub-run per seed and class (joint: per seed), with the folder it writes."""
+    if options.joint:
+        _check_joint(options)
+        classes: list[str | None] = [None]  # one model; the split holds every class
+    elif options.class_name is not None:
+        classes = [options.class_name]
     elif options.split_file is not None:
         classes = [None]  # the manifest decides the images
     else:
@@ -202,6 +232,18 @@ def _plan(options: FitOptions) -> list[_SubRun]:
             )
             runs.append(_SubRun(seed, name, folder))
     return runs
+
+
+def _check_joint(options: FitOptions) -> None:
+    if options.class_name is not None:
+        raise ConfigError(
+            "--joint trains one model on every class; it cannot be combined with --class"
+        )
+    if options.split_file is None and len(list_classes(options.data, options.format)) < 2:
+        raise ConfigError(
+            f"{options.data}: --joint needs a multi-class dataset (unimedical, bmad, or a folder "
+            "with one sub-folder per class)"
+        )
 
 
 def _is_global_zero_from_env() -> bool:
@@ -241,8 +283,6 @@ def _execute(options: FitOptions) -> Path:
     return options.out
 
 
-
-
 def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     """Train and evaluate one (seed, class); returns its metrics on rank 0, None elsewhere/when done."""
     state_path = run.folder / TRAINING_STATE
@@ -256,6 +296,8 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         class_name=run.class_name,
         seed=run.seed,
         split_file=options.split_file,
+        holdout_fraction=options.holdout_fraction,
+        group_by=options.group_by,
     )
     model = create_model(options.preset, **model_overrides(options))
     train_config = model.config["train"]
@@ -264,43 +306,23 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         int(train_config["epochs"]),
         int(train_config["batch_size"]),
     )
-    if not split.holdout:
+    if not split.holdout and options.holdout_fraction > 0:
         raise DataError(
             f"{options.data}: no held-out normal images to choose the threshold on "
-            f"({len(split.train)} training normals); add normal images or pass a split file with a holdout"
+            f"({len(split.train)} training normals); add normal images, pass a split file with a "
+            "holdout, or train on all of them without a threshold (--holdout-fraction 0)"
         )
     if leader:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        resolved = dataclasses.replace(
-            options,
-            image_size=image_size,
-            epochs=epochs,
-            batch_size=batch_size,
-        )
-        config = {
-            "pdd_version": __version__,
-            "options": options_to_dict(resolved),
-            "model": model.config,
-        }
-        if not (options.out / "config.yaml").exists():
-            write_yaml(options.out / "config.yaml", config)
-        if run.folder != options.out:
-            sub_config = dict(
-                config,
-                options=options_to_dict(
-                    dataclasses.replace(
-                        resolved,
-                        seeds=[run.seed],
-                        class_name=run.class_name,
-                        out=run.folder,
-                    )
-                ),
-            )
-            write_yaml(run.folder / "config.yaml", sub_config)
-        split.write_manifest(run.folder / "split.csv")
+        _write_run_config(options, run, model.config, split)
 
     module = AnomalyModule(model)
-    trainer = training.build_trainer(options, state_path, epochs)
+    trainer = training.build_trainer(
+        options,
+        state_path,
+        epochs,
+        accumulate=int(train_config.get("accumulate_grad_batches", 1)),
+        loggers=build_loggers(options.logger, run.folder, _run_name(options, run)),
+    )
     data = TrainData(
         split.train, image_size, batch_size, run.seed, options.num_workers
     )
@@ -334,53 +356,54 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         trainer.precision_plugin.forward_context,
         options.progress,
     )
-    threshold, map_stats = calibrate(
-        scorer.score(split.holdout, "scoring held-out normals", keep_maps=True)
-    )
+    calibration = _calibrate(scorer, split)
     history = [dict(entry) for entry in module.history]
-    provenance = {
+    batches = {
+        "batch_size": batch_size,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "world_size": trainer.world_size,
+        "global_batch_size": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
+    }
+    about = {
         "preset": options.preset,
         "teachers": options.teachers,
         "seed": run.seed,
         "class_name": run.class_name,
-        "dataset": str(options.data),
-        "format": split.format,
+        "joint": options.joint,
+        "holdout_fraction": options.holdout_fraction,
+        "group_by": options.group_by,
         "image_size": image_size,
         "epochs": epochs,
-        "batch_size": batch_size,
-        "world_size": trainer.world_size,
-        "global_batch_size": batch_size * trainer.world_size,
+        **batches,
         "precision": str(options.precision),
-        "num_train": len(split.train),
-        "num_holdout": len(split.holdout),
         "train_history": history,
         "pdd_version": __version__,
     }
+    provenance = {
+        **about,
+        "dataset": str(options.data),
+        "format": split.format,
+        "num_train": len(split.train),
+        "num_holdout": len(split.holdout),
+    }
     model_checkpoint.save(
-        run.folder / "model.ckpt",
-        model,
-        threshold=threshold,
-        map_stats=map_stats,
-        provenance=provenance,
+        run.folder / "model.ckpt", model, **calibration.checkpoint_meta(), provenance=provenance
     )
-    result = evaluate_test(scorer, split, threshold, map_stats, run.folder)
+    result = evaluate_test(
+        scorer,
+        split,
+        calibration.threshold,
+        calibration.map_stats,
+        run.folder,
+        class_thresholds=calibration.class_thresholds,
+    )
     record = {
         **result,
         **split_record(split, "split.csv"),
-        "preset": options.preset,
-        "teachers": options.teachers,
+        **about,
         "teacher_identity": model.teacher_identity(),
-        "seed": run.seed,
-        "class_name": run.class_name,
-        "image_size": image_size,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "global_batch_size": batch_size * trainer.world_size,
-        "world_size": trainer.world_size,
-        "precision": str(options.precision),
-        "train_history": history,
+        "map_stats_from": calibration.map_stats_from,
         "final_train_loss": history[-1]["loss"] if history else None,
-        "pdd_version": __version__,
         "timing": {
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(time.monotonic() - started, 3),
@@ -390,3 +413,71 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     write_report(run.folder)
     state_path.unlink()
     return record
+
+
+def _run_name(options: FitOptions, run: _SubRun) -> str:
+    parts = [options.preset, f"seed_{run.seed}"]
+    if run.class_name is not None:
+        parts.append(run.class_name)
+    return "/".join(parts)
+
+
+def _write_run_config(
+    options: FitOptions, run: _SubRun, model_config: Mapping[str, Any], split: DatasetSplit
+) -> None:
+    """``config.yaml`` (the top-level one covers all sub-runs; each sub-run folder has its own)
+    and ``split.csv``, written before training so a crash can be resumed."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    train = model_config["train"]
+    resolved = dataclasses.replace(
+        options,
+        image_size=int(model_config["image_size"]),
+        epochs=int(train["epochs"]),
+        batch_size=int(train["batch_size"]),
+    )
+    config = {
+        "pdd_version": __version__,
+        "options": options_to_dict(resolved),
+        "model": dict(model_config),
+    }
+    if not (options.out / "config.yaml").exists():
+        write_yaml(options.out / "config.yaml", config)
+    if run.folder != options.out:
+        mine = dataclasses.replace(
+            resolved, seeds=[run.seed], class_name=run.class_name, out=run.folder
+        )
+        write_yaml(run.folder / "config.yaml", dict(config, options=options_to_dict(mine)))
+    split.write_manifest(run.folder / "split.csv")
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    """What a trained model is deployed with: threshold(s) and the heatmap colour scale."""
+
+    threshold: float | None
+    class_thresholds: dict[str, float] | None
+    map_stats: dict[str, float]
+    map_stats_from: str  # which normal images set the colour scale
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Checkpoint metadata; a checkpoint without ``threshold`` makes no decisions."""
+        meta: dict[str, Any] = {"map_stats": self.map_stats}
+        if self.threshold is not None:
+            meta["threshold"] = self.threshold
+        if self.class_thresholds:
+            meta["class_thresholds"] = self.class_thresholds
+        return meta
+
+
+def _calibrate(scorer: Scorer, split: DatasetSplit) -> _Calibration:
+    """Threshold and colour scale from the held-out normals; with none held out (holdout fraction
+    0) no threshold, and the colour scale from the training normals (display only)."""
+    if not split.holdout:
+        normals = scorer.score(split.train, "scoring training normals", keep_maps=True)
+        return _Calibration(None, None, colour_scale(normals), "training normals (no holdout)")
+    holdout = scorer.score(split.holdout, "scoring held-out normals", keep_maps=True)
+    threshold, map_stats = calibrate(holdout)
+    per_class = class_thresholds(split.holdout, holdout.scores)
+    return _Calibration(
+        threshold, per_class if len(per_class) > 1 else None, map_stats, "held-out normals"
+    )

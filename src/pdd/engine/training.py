@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
@@ -29,7 +30,13 @@ from pdd.data import ImageDataset, Sample
 from pdd.engine.options import FitOptions
 from pdd.fileio import atomic_torch_save
 
-__all__ = ["AtomicCheckpointIO", "TrainData", "TrainingStateSaver", "build_trainer"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "TrainData",
+    "TrainingStateSaver",
+    "accumulation",
+    "build_trainer",
+]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,21 +50,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class TrainingStateSaver(Callback):
-    """Saves the full training state every ``every_n_steps`` optimiser steps (for ``resume``)."""
+    """Saves the full training state every ``every_n_steps`` optimiser steps (for ``resume``).
+
+    Only right after an optimiser step: a state saved in the middle of gradient accumulation would
+    lose the gradients accumulated so far, and the resumed run would differ.
+    """
 
     def __init__(self, path: Path, every_n_steps: int) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
+        self._stepped = False
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        self._stepped = True
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        if self._stepped and trainer.global_step % self.every_n_steps == 0:
             trainer.save_checkpoint(self.path, weights_only=False)
+        self._stepped = False
 
 
-def build_trainer(options: FitOptions, state_path: Path, epochs: int) -> L.Trainer:
-    """The Lightning Trainer of one sub-run: no logger/checkpointing of its own, our data sharding."""
+def build_trainer(
+    options: FitOptions,
+    state_path: Path,
+    epochs: int,
+    *,
+    accumulate: int = 1,
+    loggers: list[Logger] | None = None,
+) -> L.Trainer:
+    """The Lightning Trainer of one sub-run: our data sharding and training-state saving, the
+    given loggers (one row per batch).
+
+    ``accumulate`` is the preset's ``train.accumulate_grad_batches``, stated for one device; the
+    Trainer accumulates ``accumulation(accumulate, world size)`` batches per optimiser step.
+    """
     # Lightning's start-up chatter (device summary, logger advertisement) is INFO; ours is printed.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     callbacks: list[Callback] = []
@@ -68,7 +96,7 @@ def build_trainer(options: FitOptions, state_path: Path, epochs: int) -> L.Train
     on_cpu = options.accelerator == "cpu" or (
         options.accelerator == "auto" and not torch.cuda.is_available()
     )
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=options.accelerator,
         devices=options.devices,
         num_nodes=options.num_nodes,
@@ -81,7 +109,8 @@ def build_trainer(options: FitOptions, state_path: Path, epochs: int) -> L.Train
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # _GlobalBatches shards the data itself
-        logger=False,
+        logger=loggers or False,
+        log_every_n_steps=1,
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=options.progress,
@@ -89,6 +118,19 @@ def build_trainer(options: FitOptions, state_path: Path, epochs: int) -> L.Train
         num_sanity_val_steps=0,
         default_root_dir=str(state_path.parent),
     )
+    # Known only once the Trainer has resolved devices and nodes; Lightning reads it at run time.
+    trainer.accumulate_grad_batches = accumulation(accumulate, trainer.world_size)
+    return trainer
+
+
+def accumulation(requested: int, world_size: int) -> int:
+    """Batches accumulated per optimiser step so that the global batch is what the preset asks for.
+
+    ``train.accumulate_grad_batches`` describes the released launch (pdd-reference: 2 processes x
+    batch 10 = global 20). On one device the 2 batches are accumulated; with as many processes as
+    the preset's factor (``--devices 2``) there is nothing left to accumulate.
+    """
+    return max(1, requested // max(1, world_size))
 
 
 class _EpochOrder(Sampler[int]):

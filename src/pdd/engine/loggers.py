@@ -1,0 +1,72 @@
+"""Training curves through Lightning's own loggers.
+
+Every sub-run writes a CSV log (``logs/version_<n>/metrics.csv`` in its run folder; a resumed run
+adds a version, so nothing logged before a crash is deleted), which the report's loss curve reads.
+``--logger tensorboard`` or ``mlflow`` adds that logger when the optional extra is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from pdd.errors import ConfigError
+
+__all__ = ["LOGGERS", "LOG_FOLDER", "build_loggers", "check_logger", "read_step_losses"]
+
+LOGGERS = ("csv", "tensorboard", "mlflow")
+LOG_FOLDER = "logs"
+# logger -> (module it needs, the pdd extra that installs it)
+_NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
+
+
+def check_logger(kind: str) -> None:
+    """Refuse an unknown logger, or one whose package is missing, before anything is written."""
+    if kind not in LOGGERS:
+        raise ConfigError(f"logger: expected one of {', '.join(LOGGERS)}, got {kind!r}")
+    if kind in _NEEDS:
+        module, extra = _NEEDS[kind]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"--logger {kind} needs the {module!r} package: pip install 'pdd[{extra}]'"
+            )
+
+
+def build_loggers(kind: str, run_folder: Path, run_name: str) -> list[Logger]:
+    """The CSV logger, plus the requested one (TensorBoard under ``logs/``, MLflow as configured
+    by ``MLFLOW_TRACKING_URI``, else ``mlruns/`` in the run folder)."""
+    check_logger(kind)
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_folder), name=LOG_FOLDER)]
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_folder), name=LOG_FOLDER))
+    elif kind == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_folder / "mlruns").resolve().as_uri()
+        loggers.append(MLFlowLogger(experiment_name="pdd", run_name=run_name, tracking_uri=uri))
+    return loggers
+
+
+def read_step_losses(run_folder: Path) -> list[tuple[int, float]]:
+    """``(optimiser step, loss)`` pairs from a run folder's CSV logs, in step order.
+
+    A resumed run logs into a new version and repeats the steps after its last saved state; the
+    latest version's value of a step wins. Empty when the folder has no CSV log.
+    """
+    by_step: dict[int, float] = {}
+    versions = sorted(
+        (run_folder / LOG_FOLDER).glob("version_*/metrics.csv"),
+        key=lambda path: int(path.parent.name.removeprefix("version_") or 0),
+    )
+    for path in versions:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("loss"):
+                    by_step[int(row["step"])] = float(row["loss"])
+    return sorted(by_step.items())
