@@ -65,11 +65,13 @@ class Detector:
     ) -> Detection | list[Detection]:
         """Score one image (array HxW / HxWxC of any int or float type, or a file path) or a list.
 
-        A file is read with ``pdd.data.read_image`` (a multi-slice NIfTI needs ``pdd predict``).
+        A file is read with ``pdd.data.read_image`` (a multi-slice NIfTI needs ``pdd predict``);
+        like ``pdd predict`` it decodes an image far larger than the model's input at a reduced
+        size (``target_size``), and its map is at that size. Arrays are used at their full size.
         """
         single = isinstance(x, (np.ndarray, str, Path))
         items = [x] if single else list(x)  # type: ignore[list-item, arg-type]
-        images = [_read(item, position) for position, item in enumerate(items)]
+        images = [_read(item, position, self.image_size) for position, item in enumerate(items)]
         results: list[Detection] = []
         for start in range(0, len(images), batch_size):
             results += self._score(images[start : start + batch_size])
@@ -96,11 +98,11 @@ class Detector:
         return results
 
 
-def _read(item: ImageInput, position: int) -> np.ndarray:
+def _read(item: ImageInput, position: int, image_size: int) -> np.ndarray:
     from pdd.data import read_image
 
     if isinstance(item, (str, Path)):
-        return read_image(Path(item))
+        return read_image(Path(item), target_size=image_size)  # bounded decoding, as predict
     if not isinstance(item, np.ndarray):
         raise DataError(f"input {position}: expected a NumPy array or a file path, got {type(item).__name__}")
     return image_from_array(item, f"input {position}")

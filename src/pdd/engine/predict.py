@@ -530,7 +530,10 @@ class _Dataset(torch.utils.data.Dataset):
         try:
             window = self.context.options.window
             own_window = window if window is not None and image_format(item.path) == "dicom" else None
-            image = read_image(item.path, item.slice_index, window=own_window)
+            # Bounded decoding: a huge image is reduced while it is read (its overlay too).
+            image = read_image(
+                item.path, item.slice_index, window=own_window, target_size=self.context.image_size
+            )
         except PDDError as exc:
             reason = str(exc).removeprefix(f"{item.path}: ").replace("\n", " ")
             return {"index": item.index, "error": reason}
