@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 SUITE_FILE = "suite.yaml"
+_NOT_IDENTITY = frozenset({"name", "source"})
+"""``suite.yaml`` keys that do not change what is computed: a renamed or moved suite file with the
+same content continues the same benchmark."""
 
 
 @dataclass(frozen=True)
@@ -155,11 +158,12 @@ def _claim(out: Path, suite: Suite) -> None:
         raise ConfigError(f"{out}: output folder is a file")
     if saved_path.is_file():
         saved = read_yaml(saved_path)
-        if saved != wanted:
-            differs = sorted(
-                key for key in set(saved or {}) | set(wanted)
-                if (saved or {}).get(key) != wanted.get(key)
-            )  # fmt: skip
+        saved = saved if isinstance(saved, dict) else {}
+        differs = sorted(
+            key for key in (set(saved) | set(wanted)) - _NOT_IDENTITY
+            if saved.get(key) != wanted.get(key)
+        )  # fmt: skip
+        if differs:
             raise ConfigError(
                 f"{out}: holds the results of a different suite ({saved_path} differs in "
                 f"{', '.join(differs)}); choose another --out"
