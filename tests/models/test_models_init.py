@@ -10,7 +10,8 @@ Mutations (scratch copy) and the test that killed each:
 - transposed convs re-initialised too: ``test_transposed_convs_keep_pytorch_default``;
 - one part left out (e.g. the prior, the RD4AD bottleneck): ``test_convs_are_kaiming_normal_fan_out``;
 - the whole model re-initialised, teachers included: ``test_teachers_are_untouched``;
-- a fixed generator instead of the global RNG: ``test_seed_fixes_the_initial_weights``.
+- a fixed generator instead of the global RNG: ``test_seed_fixes_the_initial_weights``;
+- BatchNorm weights set to 0: ``test_batchnorm_starts_at_one_and_zero``.
 """
 
 from __future__ import annotations
