@@ -299,3 +299,28 @@ def test_group_by_reaches_the_split_and_pdd_test_reproduces_it(
     assert sum(metrics["groups"].values()) == len(by_group)
     tested = runner.test(out / "model.ckpt", data, tmp_path / "test", progress=False)
     assert (tested / "split.csv").read_text() == (out / "split.csv").read_text()
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "mlflow"])
+def test_optional_loggers_record_the_training_loss(
+    kind: str, fake_model: None, phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--logger tensorboard|mlflow` (the extras, installed with `dev`) receive the losses besides
+    the CSV log. Kills: the option accepted but no logger attached."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = fit(fake_options(phantoms, tmp_path / "run", logger=kind))
+    assert loggers.read_step_losses(out)  # the CSV log is always there
+    if kind == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        (events,) = (out / "logs").rglob("events.out.tfevents.*")
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        assert "loss" in accumulator.Tags()["scalars"]
+    else:
+        import mlflow
+
+        client = mlflow.tracking.MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+        (experiment,) = [e for e in client.search_experiments() if e.name == "pdd"]
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert client.get_metric_history(run.info.run_id, "loss")

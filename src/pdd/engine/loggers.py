@@ -38,7 +38,7 @@ def check_logger(kind: str) -> None:
 
 def build_loggers(kind: str, run_folder: Path, run_name: str) -> list[Logger]:
     """The CSV logger, plus the requested one (TensorBoard under ``logs/``, MLflow as configured
-    by ``MLFLOW_TRACKING_URI``, else ``mlruns/`` in the run folder)."""
+    by ``MLFLOW_TRACKING_URI``, else an SQLite store ``mlflow.db`` in the run folder)."""
     check_logger(kind)
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_folder), name=LOG_FOLDER)]
     if kind == "tensorboard":
@@ -48,7 +48,7 @@ def build_loggers(kind: str, run_folder: Path, run_name: str) -> list[Logger]:
     elif kind == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_folder / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_folder / 'mlflow.db').resolve()}"
         loggers.append(MLFlowLogger(experiment_name="pdd", run_name=run_name, tracking_uri=uri))
     return loggers
 
