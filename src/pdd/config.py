@@ -10,6 +10,7 @@ YAML-serialisable dict that includes ``preset``, so ``create_model(**config)`` r
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
@@ -22,17 +23,24 @@ import yaml
 from pdd.errors import ConfigError
 
 __all__ = [
+    "MAX_IMAGE_SIZE",
     "TEACHER_NAMES",
     "config_to_yaml",
     "list_presets",
     "load_config_file",
     "load_preset",
+    "parse_yaml",
+    "read_yaml_file",
     "resolve_config",
     "validate_config",
 ]
 
 TEACHER_NAMES = ("wide_resnet50_2", "vmamba_tiny_v0")
 _MAX_EXTENDS = 8
+MAX_IMAGE_SIZE = 1024
+"""Largest accepted input size S. Activations grow with S squared: at S = 1024 one image already
+needs several GB in the teachers (16x the paper's 256); 8192 would need hundreds. Checked before
+any model is built, so a typo fails in a second instead of exhausting memory."""
 
 Check = Callable[[str, Any], Any]
 
@@ -66,6 +74,8 @@ def _float(
                 key, "must be a number (write exponents with a dot, e.g. 2.0e-3)", value
             )
         value = float(value)
+        if not math.isfinite(value):
+            raise _fail(key, "must be a finite number", value)
         if low is not None and (value <= low if open_low else value < low):
             raise _fail(key, f"must be {'>' if open_low else '>='} {low}", value)
         if high is not None and value > high:
@@ -98,6 +108,12 @@ def _text(key: str, value: Any) -> str:
 
 def _image_size(key: str, value: Any) -> int:
     value = _int(32)(key, value)
+    if value > MAX_IMAGE_SIZE:
+        raise _fail(
+            key,
+            f"must be at most {MAX_IMAGE_SIZE} (activation memory grows with the size squared)",
+            value,
+        )
     if value % 32:
         raise _fail(
             key, "must be a multiple of 32 (the teachers downsample by 32)", value
@@ -147,9 +163,48 @@ def _teacher_options(key: str, value: Any) -> dict[str, dict[str, Any]]:
             raise _fail(
                 f"{key}.{name}", "must be a mapping of architecture options", options
             )
+        for option, option_value in options.items():
+            check = _TEACHER_OPTION_TYPES.get(name, {}).get(str(option))
+            if check is not None:
+                check(f"{key}.{name}.{option}", option_value)
         if options:
             result[name] = _plain(dict(options))
     return result
+
+
+def _int_or_int_list(key: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_int(1)(f"{key}[{i}]", item) for i, item in enumerate(value)]
+    return _int(1)(key, value)
+
+
+def _auto_or_int(key: str, value: Any) -> Any:
+    return value if value == "auto" else _int(1)(key, value)
+
+
+def _count_list(key: str, value: Any) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(key, "must be a non-empty list of integers", value)
+    return [_int(0)(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+# Value types of the numeric architecture options (the teacher checks names and fixed values);
+# a wrong type fails here with the key's full name instead of deep inside the model constructor.
+_TEACHER_OPTION_TYPES: dict[str, dict[str, Check]] = {
+    "vmamba_tiny_v0": {
+        "depths": _count_list,
+        "dims": _int_or_int_list,
+        "patch_size": _int(1),
+        "in_chans": _int(1),
+        "ssm_d_state": _int(1),
+        "ssm_ratio": _float(0.0, open_low=True),
+        "ssm_dt_rank": _auto_or_int,
+        "ssm_conv": _int(1),
+        "ssm_conv_bias": _bool,
+        "mlp_ratio": _float(0.0),
+        "patch_norm": _bool,
+    },
+}
 
 
 def _plain(value: Any) -> Any:
@@ -169,6 +224,7 @@ _TRAIN: dict[str, Any] = {
     "weight_decay": _float(0.0),
     "epochs": _int(1),
     "batch_size": _int(1),
+    "accumulate_grad_batches": _int(1),
     "scheduler": {
         "name": _choice("cosine", "none"),
         "t_max": _int(1),
@@ -211,7 +267,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "rd4ad": {**_COMMON, "bottleneck_blocks": _int(1)},
 }
 # Keys a config may leave out (the cosine schedule's parameters when there is no scheduler).
-_OPTIONAL = frozenset({"train.scheduler.t_max", "train.scheduler.eta_min_ratio"})
+# `train.accumulate_grad_batches` (default 1) is optional so that configs saved before it existed load.
+_OPTIONAL = frozenset(
+    {"train.scheduler.t_max", "train.scheduler.eta_min_ratio", "train.accumulate_grad_batches"}
+)
 
 
 def _check_section(
@@ -296,12 +355,60 @@ def list_presets() -> list[str]:
     return sorted(path.stem for path in _preset_dir().glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain PyYAML keeps the last value without a word, so a config file that sets ``lr`` twice
+    would silently run with whichever came last.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first_line.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if earlier is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {earlier})",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML a user wrote; any problem (a duplicate key too) is one ``ConfigError`` naming
+    ``where`` and the line."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: cannot read config ({reason})") from exc
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML ({line}{problem})") from exc
+
+
+def read_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """The shared reader of every YAML file users give us (presets, --config, suites)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot read {what} ({reason})") from exc
+    return parse_yaml(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a config file must hold a mapping, got {type(data).__name__}"

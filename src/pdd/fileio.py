@@ -4,6 +4,14 @@ A run folder is read by people and by later commands (``pdd report``, ``pdd test
 full disk must never leave a half-written ``metrics.json`` or checkpoint behind, so each file is
 written to a temporary file in the same folder, flushed and fsynced, then moved over the target
 with ``os.replace`` (atomic on POSIX and Windows within one file system).
+
+Text is UTF-8 with Python's ``surrogateescape``: a file name that is not valid UTF-8 (POSIX allows
+any bytes) is written as its original bytes, and reading the file back with
+``errors="surrogateescape"`` (:data:`TEXT_ERRORS`) gives the very same path, so ``split.csv`` and
+``scores.csv`` stay lossless instead of failing.
+
+Every failure is a one-line ``PDDError`` naming the file; a full disk says "No space left on
+device", also when torch's zip writer hides the errno behind its own ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ from typing import IO, Any
 
 from pdd.errors import PDDError
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["TEXT_ERRORS", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+
+TEXT_ERRORS = "surrogateescape"
+"""How text files encode (and must be decoded): undecodable file-name bytes survive the round trip."""
 
 
 @contextlib.contextmanager
@@ -64,12 +75,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (UTF-8 by default); returns the path."""
-    return atomic_write_bytes(path, text.encode(encoding))
+    """Write ``text`` to ``path`` atomically (UTF-8 by default, :data:`TEXT_ERRORS`); returns the path."""
+    return atomic_write_bytes(path, text.encode(encoding, TEXT_ERRORS))
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically; returns the path."""
     import torch  # imported here so light users of this module (reports) need not load torch
 
-    return _write_with(path, lambda handle: torch.save(obj, handle))
+    try:
+        return _write_with(path, lambda handle: torch.save(obj, handle))
+    except RuntimeError as exc:
+        if not _is_stream_write_failure(exc):
+            raise
+        raise PDDError(
+            f"{path}: cannot write: the write failed (No space left on device, or the file "
+            "system refused it)"
+        ) from exc
+
+
+def _is_stream_write_failure(exc: RuntimeError) -> bool:
+    """torch's zip writer reports a failed write (a full disk) as ``[enforce fail at
+    inline_container.cc...] PytorchStreamWriter failed writing file ...``, without the errno."""
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "inline_container" in text

@@ -2,6 +2,7 @@
 
 This module only builds the command table and turns failures into one line and an exit status:
 ``PDDError`` -> ``error: <message>``, exit 1; usage errors -> one line, exit 2; Ctrl-C -> exit 130;
+a long command stopped by SIGINT / SIGTERM (``pdd.cli.signals.Interrupted``) -> its message, exit 130 / 143;
 anything else is a bug, reported in one line unless ``--debug`` asks for the traceback.
 Command modules stay light (argparse only) so ``pdd --help`` does not wait for torch to import.
 """
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pdd import __version__
+from pdd.cli.signals import Interrupted
 from pdd.errors import PDDError
 
 __all__ = ["ArgumentParser", "main"]
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse --help / usage errors, sys.exit in handlers
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except Interrupted as exc:
+        print(f"error: {_one_line(exc.message)}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:
         if debug:
             raise

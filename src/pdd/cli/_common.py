@@ -14,15 +14,22 @@ from pathlib import Path
 from pdd.errors import ConfigError, DataError, PDDError
 
 __all__ = [
+    "MAX_SEED",
     "Progress",
+    "check_hardware",
+    "check_seed",
     "existing_file",
     "existing_path",
     "parse_window",
     "positive_int",
     "prepare_output_file",
     "prepare_output_folder",
+    "seed_int",
     "user_path",
 ]
+
+MAX_SEED = 2**32 - 1
+"""Seeds go to numpy, which accepts 0 .. 2**32 - 1."""
 
 
 def positive_int(text: str) -> int:
@@ -36,6 +43,46 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
+
+
+def check_seed(value: int, where: str) -> int:
+    """``value`` if numpy can be seeded with it, else a ``ConfigError`` naming ``where``."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{where}: a seed must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed (a usage error otherwise)."""
+    import argparse
+
+    try:
+        return check_seed(int(text), "seed")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("seed: ")) from None
+
+
+def check_hardware(accelerator: str, precision: str) -> None:
+    """Refuse, before anything is written, what Lightning would refuse or silently change.
+
+    ``--accelerator gpu`` without a visible GPU fails deep inside Lightning; ``16-mixed`` on a CPU
+    is quietly run as ``bf16-mixed`` while our records would say 16-mixed.
+    """
+    import torch
+
+    has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if accelerator == "gpu" and not has_gpu:
+        raise ConfigError(
+            "--accelerator gpu: this process sees no GPU (torch.cuda.is_available() is False); "
+            "use --accelerator cpu or auto"
+        )
+    if precision == "16-mixed" and (accelerator == "cpu" or not has_gpu):
+        raise ConfigError(
+            "--precision 16-mixed: float16 mixed precision needs a GPU; on a CPU use "
+            "bf16-mixed or 32-true"
+        )
 
 
 def existing_path(path: Path, what: str) -> Path:

@@ -75,16 +75,18 @@ def save(path: str | os.PathLike[str], model: nn.Module, **meta: Any) -> Path:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    with path.open("rb") as handle:  # torch.save writes a zip archive; anything else is not ours
+        magic = handle.read(4)
+    if magic and magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a PDD checkpoint (not a file written by torch.save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
         raise CheckpointError(
-            f"{path}: not a safe PDD checkpoint (refused by weights-only loading: {first})"
+            f"{path}: not a safe PDD checkpoint: it holds Python objects that safe loading refuses "
+            f"({_unpickler_reason(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__})"
         ) from exc
@@ -119,6 +121,17 @@ def _read(path: Path) -> dict[str, Any]:
                 f"{path}: checkpoint is incomplete ('{key}' missing or malformed)"
             )
     return payload
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The refusal's reason without torch's advice to retry with ``weights_only=False``: that runs
+    any code the file holds, and a file we do not recognise is exactly the one not to trust."""
+    text = str(exc)
+    _, marker, reason = text.partition("WeightsUnpickler error:")
+    if not marker:
+        reason = text if "weights_only" not in text else ""
+    reason = " ".join(reason.split()).split(". ")[0].strip().rstrip(".")
+    return reason or type(exc).__name__
 
 
 def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from pdd.engine.run_lock import LOCK_NAME  # held by the run itself while it checks
 from pdd.errors import ConfigError
 from pdd.fileio import atomic_write_text
 
@@ -43,7 +44,7 @@ def refuse_existing_run(out: Path) -> None:
     """Create ``out``, or refuse it when it is a file or a folder that is not empty."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: output folder is a file")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(entry.name != LOCK_NAME for entry in out.iterdir()):
         found = [name for name in _RUN_FILES if (out / name).exists()]
         what = f"holds a run ({', '.join(found)})" if found else "is not empty"
         raise ConfigError(
