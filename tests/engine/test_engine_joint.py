@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from engine_fakes import read_metrics, read_scores
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -184,6 +185,9 @@ def test_pdd_reference_runs_the_released_global_batch_of_20(tmp_path: Path) -> N
     assert trainer.accumulate_grad_batches == 2
     assert training.accumulation(2, 2) == 1
     assert training.accumulation(2, 1) == 2
+    assert training.planned_global_batch(options, train) == 20
+    two = fake_options(tmp_path, tmp_path / "out", devices=2)
+    assert training.planned_global_batch(two, train) == 20
 
 
 class _GradientCapture(Callback):
@@ -256,6 +260,8 @@ def test_training_curve_is_logged_as_csv_and_read_back(
     loss curve reads it. Kills: logging switched off, steps dropped."""
     out = fit(fake_options(phantoms, tmp_path / "run", epochs=2, batch_size=4))
     metrics = read_metrics(out)
+    assert metrics["global_batch_size"] == 4
+    assert yaml.safe_load((out / "config.yaml").read_text())["global_batch_size"] == 4
     steps = loggers.read_step_losses(out)
     expected_steps = 2 * int(np.ceil(metrics["num_train"] / 4))
     assert [step for step, _ in steps] == list(range(expected_steps))

@@ -437,6 +437,8 @@ def _write_run_config(
     )
     config = {
         "pdd_version": __version__,
+        # batch per device x devices x accumulated batches (None: decided by the devices found)
+        "global_batch_size": training.planned_global_batch(options, train),
         "options": options_to_dict(resolved),
         "model": dict(model_config),
     }

@@ -36,6 +36,7 @@ __all__ = [
     "TrainingStateSaver",
     "accumulation",
     "build_trainer",
+    "planned_global_batch",
 ]
 
 
@@ -121,6 +122,16 @@ def build_trainer(
     # Known only once the Trainer has resolved devices and nodes; Lightning reads it at run time.
     trainer.accumulate_grad_batches = accumulation(accumulate, trainer.world_size)
     return trainer
+
+
+def planned_global_batch(options: FitOptions, train: Mapping[str, Any]) -> int | None:
+    """The global batch a fit will run with (batch x devices x accumulation), known before the
+    Trainer exists when the device count is a number; None for ``devices: auto``."""
+    if not isinstance(options.devices, int):
+        return None
+    world = options.devices * options.num_nodes
+    steps = accumulation(int(train.get("accumulate_grad_batches", 1)), world)
+    return int(train["batch_size"]) * world * steps
 
 
 def accumulation(requested: int, world_size: int) -> int:
