@@ -91,3 +91,81 @@ def test_permission_denied_is_named(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(fileio.tempfile, "mkstemp", denied)
     with pytest.raises(PDDError, match=f"{tmp_path}: cannot write a.txt: Permission denied"):
         fileio.atomic_write_text(tmp_path / "a.txt", "x")
+
+
+def _temp_on_a_full_disk(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the writer's temporary file /dev/full (every write fails with ENOSPC, as on a full
+    disk); returns the temporary names handed out so a test can check they were removed."""
+    made: list[str] = []
+    real_mkstemp = fileio.tempfile.mkstemp
+
+    def mkstemp(**kwargs: object) -> tuple[int, str]:
+        fd, name = real_mkstemp(**kwargs)
+        os.close(fd)
+        made.append(name)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp)
+    return made
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("write", ["text", "torch"])
+def test_disk_full_names_the_file_and_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """Issue 11 case 6: a full disk is one line naming the file and "No space left on device".
+    Kills: dropping the OSError -> PDDError translation in ``_write_with``."""
+    target = tmp_path / "model.ckpt"
+    made = _temp_on_a_full_disk(monkeypatch)
+    with pytest.raises(PDDError) as error:
+        if write == "text":
+            fileio.atomic_write_text(target, "x" * 100_000)
+        else:
+            fileio.atomic_torch_save({"w": torch.zeros(100_000)}, target)
+    message = str(error.value)
+    assert message.startswith(f"{target}: cannot write") and "No space left on device" in message
+    assert "\n" not in message
+    assert made and not any(Path(name).exists() for name in made)
+    assert not target.exists()
+
+
+def test_torch_stream_writer_failure_is_named_as_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's zip writer can hide ENOSPC in ``RuntimeError: [enforce fail at inline_container.cc]``.
+    Kills: removing the RuntimeError translation in ``atomic_torch_save``."""
+
+    def failing_save(obj: object, handle: object) -> None:
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+            "file data/0: file write failed"
+        )
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    target = tmp_path / "training_state.ckpt"
+    with pytest.raises(PDDError, match=r"training_state\.ckpt: cannot write: .*No space left on device"):
+        fileio.atomic_torch_save({"w": 1}, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_torch_runtime_errors_pass_through(tmp_path: Path, monkeypatch) -> None:
+    """Only the stream writer's failure is a disk problem; a bug stays a bug."""
+
+    def failing_save(obj: object, handle: object) -> None:
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="something else"):
+        fileio.atomic_torch_save({"w": 1}, tmp_path / "x.pt")
+
+
+def test_a_file_name_that_is_not_utf8_round_trips(tmp_path: Path) -> None:
+    """Issue 11 case 4: a POSIX file name with bytes that are not UTF-8 is written as those bytes
+    (surrogateescape) and read back to the same path. Kills: encoding with errors="strict"."""
+    raw = b"train/good/caf\xe9.png"  # Latin-1 e-acute: not valid UTF-8
+    name = os.fsdecode(raw)
+    fileio.atomic_write_text(tmp_path / "split.csv", f"path\n{name}\n")
+    assert (tmp_path / "split.csv").read_bytes() == b"path\n" + raw + b"\n"
+    text = (tmp_path / "split.csv").read_text(encoding="utf-8", errors=fileio.TEXT_ERRORS)
+    assert os.fsencode(text.splitlines()[1]) == raw

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from pdd.cli._common import (
+    check_hardware,
+    check_seed,
     existing_file,
     existing_path,
     positive_int,
     prepare_output_folder,
+    seed_int,
     user_path,
 )
+from pdd.cli.run_guard import guarded_run
 from pdd.errors import ConfigError
 
 __all__ = ["parse_overrides", "parse_seeds", "register", "resolve_fit_options"]
@@ -82,7 +86,7 @@ def _as_seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, str):
         return parse_seeds(value, where)
     if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
+        return [check_seed(value, where)]
     if (
         isinstance(value, list)
         and value
@@ -90,7 +94,7 @@ def _as_seeds(value: Any, where: str) -> list[int]:
     ):
         if len(set(value)) != len(value):
             raise ConfigError(f"{where}: seeds repeat: {value}")
-        return list(value)
+        return [check_seed(v, where) for v in value]
     raise ConfigError(f"{where}: expected a seed or a list of seeds, got {value!r}")
 
 
@@ -108,7 +112,7 @@ def parse_seeds(text: str, where: str = "--seeds") -> list[int]:
         raise ConfigError(f"{where}: expected comma-separated whole numbers, got {text!r}") from None
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds repeat: {text}")
-    return seeds
+    return [check_seed(seed, where) for seed in seeds]
 
 
 # Every key a --config file may hold besides model overrides; aliases map to the same field.
@@ -168,7 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--epochs", type=positive_int, help="training epochs (default: preset's)")
     fit.add_argument("--batch-size", type=positive_int, help="batch size per device")
     seeds = fit.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, help="random seed (default: 0)")
+    seeds.add_argument("--seed", type=seed_int, help="random seed (default: 0)")
     seeds.add_argument("--seeds", help="several seeds, e.g. 0,1,2: one run each, mean and std")
     fit.add_argument("--split", type=user_path, help="split manifest CSV to reuse")
     fit.add_argument("--class", dest="class_name", help="one class of a multi-class dataset")
@@ -219,11 +223,13 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.resume is not None:
         _reject_with_resume(args)
         run_dir = existing_path(args.resume, "run folder to resume")
-        done = runner.resume(run_dir, progress=not args.no_progress)
+        with guarded_run(run_dir, "pdd fit --resume", resume_command=f"pdd fit --resume {run_dir}"):
+            done = runner.resume(run_dir, progress=not args.no_progress)
     else:
         options = resolve_fit_options(args)
         print(_describe(options))
-        done = runner.fit(options)
+        with guarded_run(options.out, "pdd fit", resume_command=f"pdd fit --resume {options.out}"):
+            done = runner.fit(options)
     print(f"run folder: {done}")
     print(f"report: {done / 'report.html'}")
     return 0
@@ -237,15 +243,16 @@ def _run_test(args: argparse.Namespace) -> int:
     if args.split is not None:
         existing_file(args.split, "split file")
     prepare_output_folder(args.out)
-    done = runner.test(
-        args.checkpoint,
-        args.data,
-        args.out,
-        format=args.format,
-        split_file=args.split,
-        class_name=args.class_name,
-        progress=not args.no_progress,
-    )
+    with guarded_run(args.out, "pdd test", resume_command=None):
+        done = runner.test(
+            args.checkpoint,
+            args.data,
+            args.out,
+            format=args.format,
+            split_file=args.split,
+            class_name=args.class_name,
+            progress=not args.no_progress,
+        )
     print(f"run folder: {done}")
     return 0
 
@@ -318,6 +325,7 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     values["data"] = existing_path(values["data"], "data folder").resolve()
     if values.get("split_file") is not None:
         values["split_file"] = existing_file(values["split_file"], "split file").resolve()
+    check_hardware(values.get("accelerator", "auto"), values.get("precision", "32-true"))
     prepare_output_folder(values["out"])
     return FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
 
@@ -333,17 +341,10 @@ def _parse_devices(text: str) -> int | str:
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a --config YAML file into fit options and model overrides (both validated)."""
-    import yaml
+    from pdd.config import read_yaml_file
 
     existing_file(path, "config file")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from exc
+    loaded = read_yaml_file(path)  # a duplicate key is an error naming the file and line
     if loaded is None:
         return {}, {}
     if not isinstance(loaded, dict):
@@ -395,17 +396,14 @@ def _take_option(
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.lr=0.001", "students=shared"]`` -> nested dict; values are parsed as YAML."""
-    import yaml
+    from pdd.config import parse_yaml
 
     result: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. students=shared")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        value = parse_yaml(text, f"--set {item!r}") if text else ""
         _deep_merge(result, _nest(key.split("."), value))
     return result
 
@@ -447,6 +445,8 @@ def check_model_config(values: dict[str, Any], overrides: dict[str, Any]) -> Non
     for key in ("image_size", "teachers"):
         if values.get(key) is not None:
             combined[key] = values[key]
+    if not isinstance(combined.get("train", {}), dict):
+        raise ConfigError(f"config key 'train': must be a mapping, got {combined['train']!r}")
     for key in ("epochs", "batch_size"):
         if values.get(key) is not None:
             combined.setdefault("train", {})[key] = values[key]

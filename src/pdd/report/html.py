@@ -36,13 +36,14 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 import pdd
 from pdd.errors import PDDError
-from pdd.fileio import atomic_write_text
+from pdd.fileio import TEXT_ERRORS, atomic_write_text
 from pdd.report.heatmap import DEFAULT_COLORMAP
 
 __all__ = ["REPORT_NAME", "ScoreRow", "read_scores", "write_report"]
 
 REPORT_NAME = "report.html"
 GALLERY_SIZE = 8  # highest and as many lowest; the runner writes overlays for 8 of each
+_PLAIN_AXIS_LIMIT = 1e100  # larger scores are plotted in units of a power of ten
 _THUMBNAIL_BOX = (520, 260)  # fits a 256 x 256 overlay and an image | overlay panel
 
 # Display order and names of metrics.json keys. Fractions are shown in percent.
@@ -129,17 +130,27 @@ def read_scores(path: str | os.PathLike[str]) -> list[ScoreRow]:
     if not path.is_file():
         raise PDDError(f"{path}: not found; a run folder needs scores.csv to build a report")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"path", "label", "score"} - set(reader.fieldnames or [])
-            if missing:
-                raise PDDError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-            return [_parse_row(path, reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        # surrogateescape: file names that are not valid UTF-8 were written that way (pdd.fileio)
+        text = path.read_text(encoding="utf-8", errors=TEXT_ERRORS)
+        if text and not text.endswith("\n"):
+            # Every writer ends each row with a line break: a last row without one was cut off
+            # (a full disk, a killed copy) and may hold a shortened number such as "2." for "2.75".
+            raise PDDError(
+                f"{path}: line {text.count(chr(10)) + 1}: the last row has no line break; "
+                "the file looks truncated"
+            )
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"path", "label", "score"} - set(reader.fieldnames or [])
+        if missing:
+            raise PDDError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        return [_parse_row(path, reader.line_num, row) for row in reader]
+    except (OSError, csv.Error) as exc:
         raise PDDError(f"{path}: unreadable scores file: {exc}") from exc
 
 
-def _parse_row(path: Path, line: int, row: dict[str, str | None]) -> ScoreRow:
+def _parse_row(path: Path, line: int, row: dict[str | None, Any]) -> ScoreRow:
+    if None in row or None in row.values():
+        raise PDDError(f"{path}: line {line}: expected {len(row) - (None in row)} fields")
     label_text = (row.get("label") or "").strip()
     if label_text not in ("", "0", "1"):
         raise PDDError(f"{path}: line {line}: label must be 0, 1 or empty, got {label_text!r}")
@@ -161,6 +172,8 @@ def _parse_row(path: Path, line: int, row: dict[str, str | None]) -> ScoreRow:
 
 def _score_sets(run_dir: Path, metrics: dict[str, Any]) -> list[_ScoreSet]:
     runs = metrics.get("runs")
+    if runs is not None:
+        _check_runs(run_dir / "metrics.json", runs)
     if isinstance(runs, dict) and runs:
         return [_ScoreSet(name, run_dir / name, read_scores(run_dir / name / "scores.csv"))
                 for name in runs]
@@ -168,6 +181,18 @@ def _score_sets(run_dir: Path, metrics: dict[str, Any]) -> list[_ScoreSet]:
 
 
 # --------------------------------------------------------------------------- formatting
+
+
+def _check_runs(path: Path, runs: Any) -> None:
+    """``runs`` maps sub-run folder names (``seed_<n>``) to their metrics; a hand-edited value such
+    as ``{".": 5}`` must not send us reading outside the sub-runs."""
+    if not isinstance(runs, dict):
+        raise PDDError(f"{path}: 'runs' must map sub-run folders to their metrics, got {runs!r}")
+    for name, record in runs.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            raise PDDError(f"{path}: 'runs' names sub-run folder {name!r}; expected names like seed_0")
+        if not isinstance(record, dict):
+            raise PDDError(f"{path}: 'runs'.{name} must be an object of metrics, got {record!r}")
 
 
 def _esc(value: object) -> str:
@@ -379,6 +404,8 @@ def _histogram_section(main: _ScoreSet, metrics: dict[str, Any]) -> str:
         normal = np.array([row.score for row in rows if row.label == 0])
         anomalous = np.array([row.score for row in rows if row.label == 1])
         every = np.concatenate([normal, anomalous])
+        scale = _axis_scale(every)
+        normal, anomalous, every = normal / scale, anomalous / scale, every / scale
         bins = np.histogram_bin_edges(every, bins=min(30, max(5, every.size // 3)))
         if normal.size:
             axes.hist(normal, bins=bins, color=_NORMAL_COLOUR, alpha=0.6,
@@ -390,9 +417,10 @@ def _histogram_section(main: _ScoreSet, metrics: dict[str, Any]) -> str:
         if threshold is None:
             missing_threshold = True
         else:
-            axes.axvline(threshold, color="#1a202c", ls="--", lw=1.5,
+            axes.axvline(threshold / scale, color="#1a202c", ls="--", lw=1.5,
                          label=f"threshold {threshold:.4g}")
-        axes.set(xlabel="Image score", ylabel="Images", title=class_name or "Test images")
+        xlabel = "Image score" if scale == 1.0 else f"Image score / {scale:.0e}"
+        axes.set(xlabel=xlabel, ylabel="Images", title=class_name or "Test images")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
@@ -403,6 +431,15 @@ def _histogram_section(main: _ScoreSet, metrics: dict[str, Any]) -> str:
         parts.append(_note("metrics.json has no threshold: no threshold line is drawn."))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _axis_scale(values: np.ndarray) -> float:
+    """1, or the power of ten that brings huge scores (such as +-1e308, whose range overflows a
+    float and breaks matplotlib's axes) back to a plottable range."""
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if largest < _PLAIN_AXIS_LIMIT:
+        return 1.0
+    return 10.0 ** math.floor(math.log10(largest))
 
 
 def _thumbnail(folder: Path, relative: str) -> tuple[str | None, str]:
