@@ -249,17 +249,23 @@ def test_real_pdd_preset_learns_synthetic_lesions(tmp_path: Path) -> None:
     assert set(metrics["teacher_identity"]) == {"wide_resnet50_2", "vmamba_tiny_v0"}
 
 
-def test_test_command_needs_a_checkpoint_from_fit(
+def test_test_command_evaluates_a_checkpoint_without_threshold_or_scale(
     fake_model: None, phantoms: Path, tmp_path: Path
 ) -> None:
+    """A checkpoint not written by `pdd fit` (e.g. imported from the released code) has neither a
+    threshold nor a colour scale: it is tested without decisions, the scale taken from the tested
+    dataset's normals, and metrics.json says both."""
     from engine_fakes import create_fake
 
     from pdd.engine import checkpoint
-    from pdd.errors import CheckpointError
 
     bare = checkpoint.save(tmp_path / "bare.ckpt", create_fake())
-    with pytest.raises(CheckpointError, match="bare.ckpt: checkpoint has no threshold"):
-        runner.test(bare, phantoms, tmp_path / "test", progress=False)
+    tested = runner.test(bare, phantoms, tmp_path / "test", progress=False)
+    metrics = read_metrics(tested)
+    assert metrics["threshold"] is None and "sensitivity" not in metrics
+    assert metrics["map_stats_from"].startswith("normals of the tested dataset")
+    assert metrics["map_stats"]["vmax"] > metrics["map_stats"]["vmin"]
+    assert 0 <= metrics["image_auroc"] <= 1
 
 
 def test_multi_seed_multi_class_nests_class_runs_in_seed_folders(

@@ -63,7 +63,7 @@ from pdd.engine.run_folder import (
 )
 from pdd.engine.scoring import Scorer
 from pdd.engine.training import TrainData
-from pdd.errors import CheckpointError, ConfigError, DataError
+from pdd.errors import ConfigError, DataError
 
 __all__ = ["FitOptions", "fit", "resume", "test"]
 
@@ -116,18 +116,15 @@ def test(
     """Evaluate a saved model on a dataset's test split; returns the run folder.
 
     The threshold and heatmap scale are the checkpoint's (chosen on the training run's held-out
-    normals; a checkpoint without a threshold is evaluated without decisions). Without
+    normals; a checkpoint without a threshold is evaluated without decisions, one without a
+    colour scale, e.g. imported from the released code, gets one from this dataset's normals).
+    Without
     ``split_file`` the split is drawn with the checkpoint's training seed, holdout fraction and
     grouping, so a small set without an official split is tested on exactly the images its
     training never saw. A joint model is tested on every class (pooled, per class, class mean).
     """
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     model, meta = model_checkpoint.load(checkpoint)
-    if "map_stats" not in meta:
-        raise CheckpointError(
-            f"{checkpoint}: checkpoint has no heatmap statistics (not written by `pdd fit`); "
-            "it cannot be tested"
-        )
     provenance = meta.get("provenance", {})
     seed = int(provenance.get("seed", 0))
     if provenance.get("joint"):
@@ -153,11 +150,16 @@ def test(
         model.to(device), device, image_size, batch_size, 0, nullcontext, progress
     )
     started = time.monotonic()
+    map_stats, map_stats_from = meta.get("map_stats"), "the checkpoint (its held-out normals)"
+    if map_stats is None:  # an imported checkpoint: display scale from this dataset's normals
+        normals = split.holdout or split.train
+        map_stats = colour_scale(scorer.score(normals, "scoring normals", keep_maps=True))
+        map_stats_from = "normals of the tested dataset (the checkpoint has no scale)"
     result = evaluate_test(
         scorer,
         split,
         meta.get("threshold"),
-        meta["map_stats"],
+        map_stats,
         out,
         class_thresholds=meta.get("class_thresholds"),
     )
@@ -169,6 +171,7 @@ def test(
         "teacher_identity": meta["teachers"],
         "seed": seed,
         "joint": bool(provenance.get("joint", False)),
+        "map_stats_from": map_stats_from,
         "image_size": image_size,
         "epochs": provenance.get("epochs"),
         "checkpoint": str(checkpoint),
