@@ -53,3 +53,47 @@ def phantom_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size=64,
         classes=["a", "b"],
     )
+
+
+SMALL_VMAMBA = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
+"""A VMamba-Tiny with the real wiring but few channels and blocks: real presets, CPU-test cheap."""
+
+
+@pytest.fixture(scope="session")
+def real_options():
+    """``real_options(preset, data, out, **changes)``: FitOptions of a REAL preset at test size
+    (random teachers, small VMamba, 32 px, 1 epoch, batch 8, CPU, quiet)."""
+    from pdd.engine.options import FitOptions
+
+    def build(preset: str, data: Path, out: Path, **changes: object) -> FitOptions:
+        values: dict[str, object] = {
+            "data": data,
+            "out": out,
+            "preset": preset,
+            "teachers": "random",
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 8,
+            "accelerator": "cpu",
+            "progress": False,
+            "model_overrides": {"teacher_options": {"vmamba_tiny_v0": dict(SMALL_VMAMBA)}},
+        }
+        values.update(changes)
+        return FitOptions(**values)  # type: ignore[arg-type]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def headct_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HeadCT-layout phantom set (no official split: the seed draws the normal test images)."""
+    from pdd.data.synthetic import make_phantom_dataset
+
+    return make_phantom_dataset(
+        tmp_path_factory.mktemp("headct_phantoms"),
+        "headct",
+        n_train=14,
+        n_test_normal=4,
+        n_test_abnormal=4,
+        size=64,
+    )
