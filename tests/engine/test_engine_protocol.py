@@ -44,13 +44,19 @@ from pdd.engine.runner import FitOptions, fit
 
 CLASSES = ("a", "b")
 SMALL_VMAMBA = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
-SMALL_MODEL = {"teachers": "random", "image_size": 32, "teacher_options": {"vmamba_tiny_v0": SMALL_VMAMBA}}
+SMALL_MODEL = {
+    "teachers": "random",
+    "image_size": 32,
+    "teacher_options": {"vmamba_tiny_v0": SMALL_VMAMBA},
+}
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def forward_all(model: torch.nn.Module, samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def forward_all(
+    model: torch.nn.Module, samples: list[Sample], size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(maps [N,S,S], scores [N], masks [N,S,S]) of ``samples`` by the model itself, no Scorer."""
     maps, scores, masks = [], [], []
     model.eval()
@@ -71,7 +77,9 @@ def manifest_rows(path: Path) -> list[dict[str, str]]:
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     precision, recall, _ = precision_recall_curve(labels, scores)
     with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.where(
+            precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0
+        )
     return float(f1.max())
 
 
@@ -87,7 +95,10 @@ def aupro_by_hand(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
         for region in range(1, count + 1):
             values = np.sort(amap[labelled == region])
-            overlaps.append((values.size - np.searchsorted(values, thresholds, side="left")) / values.size)
+            overlaps.append(
+                (values.size - np.searchsorted(values, thresholds, side="left"))
+                / values.size
+            )
     pro = np.mean(overlaps, axis=0)
     x, y = np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
     beyond = int(np.argmax(x > fpr_limit)) if (x > fpr_limit).any() else x.size
@@ -99,7 +110,11 @@ def aupro_by_hand(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -
     return float(np.trapezoid(ys, xs) / fpr_limit)
 
 
-def recomputed_metrics(rows: list[dict[str, str]], threshold: float, pixels: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:
+def recomputed_metrics(
+    rows: list[dict[str, str]],
+    threshold: float,
+    pixels: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, float]:
     """Every metric of metrics.json from scores.csv rows (scikit-learn) and regenerated maps."""
     labels = np.array([int(r["label"]) for r in rows])
     scores = np.array([float(r["score"]) for r in rows])
@@ -125,15 +140,24 @@ def recomputed_metrics(rows: list[dict[str, str]], threshold: float, pixels: tup
 
 
 @pytest.fixture(scope="module")
-def pdd_classes_run(tmp_path_factory: pytest.TempPathFactory, phantom_classes: Path, real_options) -> Path:
+def pdd_classes_run(
+    tmp_path_factory: pytest.TempPathFactory, phantom_classes: Path, real_options
+) -> Path:
     """The real ``pdd`` preset (random teachers, small VMamba, 32 px, 1 epoch) fit on both classes
     of a phantom set, one model per class; 30 % of the training normals held out (4 images)."""
     return fit(
-        real_options("pdd", phantom_classes, tmp_path_factory.mktemp("pdd_classes") / "run", holdout_fraction=0.3)
+        real_options(
+            "pdd",
+            phantom_classes,
+            tmp_path_factory.mktemp("pdd_classes") / "run",
+            holdout_fraction=0.3,
+        )
     )
 
 
-def test_threshold_and_colour_scale_come_from_held_out_normals(pdd_classes_run: Path, phantom_classes: Path) -> None:
+def test_threshold_and_colour_scale_come_from_held_out_normals(
+    pdd_classes_run: Path, phantom_classes: Path
+) -> None:
     """Kills M1 (threshold from the test normals): after fit, each class's threshold is numpy's 0.95
     quantile of its held-out normals' scores, recomputed with the saved model.ckpt from split.csv's
     holdout rows, and the heatmap scale (median held-out pixel, highest held-out score) comes from
@@ -149,15 +173,23 @@ def test_threshold_and_colour_scale_come_from_held_out_normals(pdd_classes_run: 
         expected = float(np.quantile(scores, 0.95))
         assert meta["threshold"] == pytest.approx(expected, rel=1e-6)
         assert read_metrics(folder)["threshold"] == meta["threshold"]
-        assert meta["map_stats"]["vmin"] == pytest.approx(float(np.median(maps)), rel=1e-5)
+        assert meta["map_stats"]["vmin"] == pytest.approx(
+            float(np.median(maps)), rel=1e-5
+        )
         assert meta["map_stats"]["vmax"] == pytest.approx(float(scores.max()), rel=1e-6)
         assert read_metrics(folder)["map_stats"] == meta["map_stats"]
         # The guard can tell the two sets apart.
-        _, test_scores, _ = forward_all(model, [s for s in parts["test"] if s.label == 0], size)
-        assert float(np.quantile(test_scores, 0.95)) != pytest.approx(expected, rel=1e-6)
+        _, test_scores, _ = forward_all(
+            model, [s for s in parts["test"] if s.label == 0], size
+        )
+        assert float(np.quantile(test_scores, 0.95)) != pytest.approx(
+            expected, rel=1e-6
+        )
 
 
-def test_scores_labels_and_every_metric_recomputed_from_the_run(pdd_classes_run: Path, phantom_classes: Path) -> None:
+def test_scores_labels_and_every_metric_recomputed_from_the_run(
+    pdd_classes_run: Path, phantom_classes: Path
+) -> None:
     """Kills M2 (every label in scores.csv written as 0): scores.csv's labels equal split.csv's test
     labels row by row, and every metric of metrics.json - image and pixel, sensitivity/specificity
     - equals scikit-learn (and a hand AUPRO) on scores.csv and on maps regenerated from model.ckpt,
@@ -166,14 +198,18 @@ def test_scores_labels_and_every_metric_recomputed_from_the_run(pdd_classes_run:
     for name in CLASSES:
         folder = pdd_classes_run / name
         rows = read_scores(folder)
-        tested = [r for r in manifest_rows(folder / "split.csv") if r["split"] == "test"]
+        tested = [
+            r for r in manifest_rows(folder / "split.csv") if r["split"] == "test"
+        ]
         assert [(Path(r["path"]).resolve(), r["label"]) for r in rows] == [
             ((phantom_classes / r["path"]).resolve(), r["label"]) for r in tested
         ]
         assert {r["label"] for r in rows} == {"0", "1"}
         model, meta = load(folder / "model.ckpt")
         test = read_manifest(folder / "split.csv", phantom_classes)["test"]
-        maps, scores, masks = forward_all(model, test, int(meta["config"]["image_size"]))
+        maps, scores, masks = forward_all(
+            model, test, int(meta["config"]["image_size"])
+        )
         np.testing.assert_allclose(scores, [float(r["score"]) for r in rows], rtol=1e-5)
         metrics = read_metrics(folder)
         expected = recomputed_metrics(rows, metrics["threshold"], (masks, maps))
@@ -183,17 +219,27 @@ def test_scores_labels_and_every_metric_recomputed_from_the_run(pdd_classes_run:
     mean = read_metrics(pdd_classes_run)
     assert mean["mean_over"] == "classes"
     for key in per_class["a"]:
-        assert mean["classes"]["a"][key] == pytest.approx(per_class["a"][key], abs=1e-6), key
-        assert mean["classes"]["b"][key] == pytest.approx(per_class["b"][key], abs=1e-6), key
-        assert mean[key] == pytest.approx((per_class["a"][key] + per_class["b"][key]) / 2, abs=1e-6), key
+        assert mean["classes"]["a"][key] == pytest.approx(
+            per_class["a"][key], abs=1e-6
+        ), key
+        assert mean["classes"]["b"][key] == pytest.approx(
+            per_class["b"][key], abs=1e-6
+        ), key
+        assert mean[key] == pytest.approx(
+            (per_class["a"][key] + per_class["b"][key]) / 2, abs=1e-6
+        ), key
     pooled = read_scores(pdd_classes_run)
-    assert [r["label"] for r in pooled] == [r["label"] for name in CLASSES for r in read_scores(pdd_classes_run / name)]
+    assert [r["label"] for r in pooled] == [
+        r["label"] for name in CLASSES for r in read_scores(pdd_classes_run / name)
+    ]
 
 
 # --------------------------------------------------------------------------- M3: the training split
 
 
-def test_test_and_fit_split_reproduce_the_training_split(fake_model: None, headct_phantoms: Path, tmp_path: Path) -> None:
+def test_test_and_fit_split_reproduce_the_training_split(
+    fake_model: None, headct_phantoms: Path, tmp_path: Path
+) -> None:
     """Kills M3 (``pdd test`` ignoring the checkpoint's seed): on a set without an official split,
     trained with seed 3, ``pdd test`` (no --split) and ``fit --split`` reproduce the training
     run's split.csv and its scores exactly; seed 0 would have drawn another test set."""
@@ -205,15 +251,23 @@ def test_test_and_fit_split_reproduce_the_training_split(fake_model: None, headc
     trained = fit(options(tmp_path / "run"))
     split = manifest_rows(trained / "split.csv")
     tested_names = {Path(r["path"]).name for r in split if r["split"] == "test"}
-    assert {Path(s.path).name for s in load_dataset(headct_phantoms, seed=0).test} != tested_names
+    assert {
+        Path(s.path).name for s in load_dataset(headct_phantoms, seed=0).test
+    } != tested_names
 
-    tested = runner.test(trained / "model.ckpt", headct_phantoms, tmp_path / "test", progress=False)
+    tested = runner.test(
+        trained / "model.ckpt", headct_phantoms, tmp_path / "test", progress=False
+    )
     assert manifest_rows(tested / "split.csv") == split
-    assert [(r["path"], r["score"]) for r in read_scores(tested)] == [(r["path"], r["score"]) for r in read_scores(trained)]
+    assert [(r["path"], r["score"]) for r in read_scores(tested)] == [
+        (r["path"], r["score"]) for r in read_scores(trained)
+    ]
 
     refit = fit(options(tmp_path / "refit", split_file=trained / "split.csv"))
     assert manifest_rows(refit / "split.csv") == split
-    assert [(r["path"], r["score"]) for r in read_scores(refit)] == [(r["path"], r["score"]) for r in read_scores(trained)]
+    assert [(r["path"], r["score"]) for r in read_scores(refit)] == [
+        (r["path"], r["score"]) for r in read_scores(trained)
+    ]
 
 
 # --------------------------------------------------------------------------- M4, M5: the real model
@@ -221,16 +275,25 @@ def test_test_and_fit_split_reproduce_the_training_split(fake_model: None, headc
 
 def phantom_batch(count: int = 2, size: int = 32) -> torch.Tensor:
     rng = np.random.default_rng(5)
-    images = [np.repeat(make_phantom(rng, 64, lesion=k % 2 == 1)[0][:, :, None], 3, axis=2) for k in range(count)]
+    images = [
+        np.repeat(make_phantom(rng, 64, lesion=k % 2 == 1)[0][:, :, None], 3, axis=2)
+        for k in range(count)
+    ]
     return torch.stack([to_model_input(image, size) for image in images])
 
 
-def students_by_hand(model: torch.nn.Module, u: torch.Tensor, f: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+def students_by_hand(
+    model: torch.nn.Module, u: torch.Tensor, f: list[torch.Tensor]
+) -> list[list[torch.Tensor]]:
     """The students as the paper wires them: student 1 decodes u, student 2 (the only one of a
     one-student model; the same decoder when shared) decodes u with the MPA priors added."""
     priors = model.prior(u, [tuple(f[2].shape[-2:]), tuple(f[1].shape[-2:])])
     prior_fed = model.students[-1](u, priors)
-    return [prior_fed] if model.config["num_students"] == 1 else [model.students[0](u), prior_fed]
+    return (
+        [prior_fed]
+        if model.config["num_students"] == 1
+        else [model.students[0](u), prior_fed]
+    )
 
 
 @pytest.mark.parametrize("preset", ["pdd", "pdd-one-student", "pdd-reference"])
@@ -256,12 +319,18 @@ def test_pdd_map_sums_three_pairs_per_student(preset: str) -> None:
         maps, scores = model(images)
 
     def smooth(total: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(total, sigma=(0, 4, 4), mode="reflect", truncate=4.0)
+        return ndimage.gaussian_filter(
+            total, sigma=(0, 4, 4), mode="reflect", truncate=4.0
+        )
 
     expected = smooth(sum(per_student))
     scale = float(np.abs(expected).max())
-    np.testing.assert_allclose(maps.double().numpy(), expected, rtol=0, atol=1e-5 * scale)
-    np.testing.assert_allclose(scores.double().numpy(), expected.reshape(len(expected), -1).max(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        maps.double().numpy(), expected, rtol=0, atol=1e-5 * scale
+    )
+    np.testing.assert_allclose(
+        scores.double().numpy(), expected.reshape(len(expected), -1).max(1), rtol=1e-5
+    )
     for left_out in range(len(per_student) if len(per_student) > 1 else 0):
         partial = smooth(sum(m for i, m in enumerate(per_student) if i != left_out))
         assert np.abs(partial - expected).max() > 0.1 * scale
@@ -279,7 +348,11 @@ def test_each_student_receives_its_own_loss() -> None:
     model.train()
     images = phantom_batch(count=4)
     terms = model.loss(images)
-    parts = {"student 1": model.students[0], "student 2": model.students[1], "prior": model.prior}
+    parts = {
+        "student 1": model.students[0],
+        "student 2": model.students[1],
+        "prior": model.prior,
+    }
 
     def reached(term: str) -> set[str]:
         names = []
@@ -288,8 +361,14 @@ def test_each_student_receives_its_own_loss() -> None:
             for p in part.parameters():
                 names.append(name)
                 params.append(p)
-        grads = torch.autograd.grad(terms[term], params, allow_unused=True, retain_graph=True)
-        return {name for name, g in zip(names, grads) if g is not None and bool(g.abs().sum() > 0)}
+        grads = torch.autograd.grad(
+            terms[term], params, allow_unused=True, retain_graph=True
+        )
+        return {
+            name
+            for name, g in zip(names, grads)
+            if g is not None and bool(g.abs().sum() > 0)
+        }
 
     assert reached("loss_s1") == {"student 1"}
     assert reached("loss_s2") == {"student 2", "prior"}
@@ -301,6 +380,8 @@ def test_each_student_receives_its_own_loss() -> None:
         f, u = model.targets(images)
         first, second = students_by_hand(model, u, f)
         by_hand_s1 = losses.student1_loss(first, f, weights["a"])
-        by_hand_s2 = losses.student2_loss(second, f, weights["a"], weights["b"], model.config["cos_term"])
+        by_hand_s2 = losses.student2_loss(
+            second, f, weights["a"], weights["b"], model.config["cos_term"]
+        )
     assert terms["loss_s1"].item() == pytest.approx(by_hand_s1.item(), rel=1e-5)
     assert terms["loss_s2"].item() == pytest.approx(by_hand_s2.item(), rel=1e-5)
