@@ -398,3 +398,77 @@ def test_a_signal_mid_training_exits_nonzero_and_resume_gives_the_same_result(
     assert resumed == engine_fakes.without_timing(engine_fakes.read_metrics(reference_run))
     assert (out / "scores.csv").read_text() == (reference_run / "scores.csv").read_text()
     assert not state.exists()
+
+
+# --------------------------------------------------------------------------- extras
+
+
+@pytest.mark.parametrize("command", [["weights", "list"], ["weights", "verify"], ["fit"]])
+def test_a_cache_dir_that_is_a_file_is_named_as_the_cause(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    """PDD_CACHE_DIR pointing at a file was an internal NotADirectoryError (download) or a
+    misleading "not cached". Kills: removing ``check_cache_dir``."""
+    blocker = tmp_path / "cache.txt"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PDD_CACHE_DIR", str(blocker))
+    out = tmp_path / "run"
+    if command == ["fit"]:
+        command = ["fit", "--data", str(tmp_path), "--out", str(out)]  # pretrained teachers
+    assert main(command) == 1
+    assert _err_lines(capsys) == [
+        f"error: {blocker}: is a file, so the weight cache {blocker / 'weights'} cannot be a "
+        f"folder (from PDD_CACHE_DIR={blocker}; point it at a folder)"
+    ]
+    assert _empty_or_absent(out)
+
+
+def test_a_non_checkpoint_never_suggests_weights_only_false(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch's refusal advises retrying with weights_only=False, which runs the file's code: the
+    message keeps the reason and drops the advice. Kills: quoting torch's first line again."""
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"format": "pdd-model", "payload": Path("/etc/passwd")}, evil)
+    out = tmp_path / "tested"
+    assert main(["test", "--checkpoint", str(evil), "--data", str(tmp_path), "--out", str(out)]) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {evil}: not a safe PDD checkpoint: ")
+    assert "weights_only" not in lines[0] and "Re-running" not in lines[0]
+    assert "Unsupported global" in lines[0]
+    assert _empty_or_absent(out)
+
+
+def test_a_duplicate_key_in_a_benchmark_suite_is_named(tmp_path: Path) -> None:
+    """Case 8 for `pdd benchmark` suite files, read by the same loader.
+    Kills: reading suites with ``yaml.safe_load`` again."""
+    from pdd.engine.suite import load_suite
+    from pdd.errors import ConfigError
+
+    suite = tmp_path / "grid.yaml"
+    suite.write_text("presets: [pdd]\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(ConfigError) as error:
+        load_suite(suite)
+    assert str(error.value) == f"{suite}: not valid YAML (line 3: duplicate key 'seeds' (first on line 2))"
+
+
+def test_a_file_name_that_is_not_utf8_survives_a_fit(
+    fake_cli: None, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Case 4 (fit): a POSIX file name with bytes that are not UTF-8 killed `pdd fit` while it
+    wrote split.csv. Now split.csv and scores.csv hold the name's own bytes (surrogateescape, the
+    documented spelling), and the report is built. Kills: ``errors="strict"`` in ``pdd.fileio``."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    odd = b"caf\xe9.png"  # Latin-1 e-acute: not valid UTF-8
+    for part in ("train/good", "test/good"):
+        first = sorted((data / part).iterdir())[0]
+        os.rename(first, os.path.join(os.fsencode(data / part), odd))
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(data), "--out", str(out), *FAKE]) == 0, capsys.readouterr().err
+    assert b"good/" + odd in (out / "split.csv").read_bytes()
+    assert b"good/" + odd in (out / "scores.csv").read_bytes()
+    assert (out / "report.html").is_file()

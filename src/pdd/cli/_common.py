@@ -11,11 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pdd.errors import ConfigError, DataError, PDDError
+from pdd.errors import ConfigError, DataError, PDDError, WeightsError
 
 __all__ = [
     "MAX_SEED",
     "Progress",
+    "check_cache_dir",
     "check_hardware",
     "check_seed",
     "existing_file",
@@ -83,6 +84,24 @@ def check_hardware(accelerator: str, precision: str) -> None:
             "--precision 16-mixed: float16 mixed precision needs a GPU; on a CPU use "
             "bf16-mixed or 32-true"
         )
+
+
+def check_cache_dir() -> None:
+    """The weight cache must be (or be creatable as) a folder; a ``PDD_CACHE_DIR`` pointing at a
+    file used to surface as an internal ``NotADirectoryError`` deep inside a download."""
+    from pdd.teachers.weights import weights_dir
+
+    cache = weights_dir()
+    nearest = cache
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        cause = (
+            f" (from PDD_CACHE_DIR={os.environ['PDD_CACHE_DIR']}; point it at a folder)"
+            if os.environ.get("PDD_CACHE_DIR")
+            else ""
+        )
+        raise WeightsError(f"{nearest}: is a file, so the weight cache {cache} cannot be a folder{cause}")
 
 
 def existing_path(path: Path, what: str) -> Path:

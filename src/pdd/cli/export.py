@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `export` to the `pdd` command table."""
-    from pdd.engine.export import DEFAULT_OPSET
+    from pdd.engine.export import DEFAULT_OPSET, MIN_OPSET
 
     parser = sub.add_parser(
         "export",
@@ -24,9 +24,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="only onnx so far")
     parser.add_argument("--out", type=user_path, required=True, help="file to write, e.g. model.onnx")
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})"
+        "--opset",
+        type=_opset,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} or newer (default: {DEFAULT_OPSET})",
     )
     parser.set_defaults(handler=_run)
+
+
+def _opset(text: str) -> int:
+    """argparse type: an opset the exporter really writes (the upper bound is checked on export,
+    where the optional onnx package is known to be installed)."""
+    from pdd.engine.export import MIN_OPSET
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"the exporter writes opset {MIN_OPSET} or newer, got {value}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pdd.cli._common import (
+    check_cache_dir,
     check_hardware,
     check_seed,
     existing_file,
@@ -326,6 +327,8 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     if values.get("split_file") is not None:
         values["split_file"] = existing_file(values["split_file"], "split file").resolve()
     check_hardware(values.get("accelerator", "auto"), values.get("precision", "32-true"))
+    if values.get("teachers", "pretrained") == "pretrained":
+        check_cache_dir()
     prepare_output_folder(values["out"])
     return FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pdd.cli._common import check_cache_dir
 from pdd.errors import WeightsError
 
 __all__ = ["register"]
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _list(args: argparse.Namespace) -> None:
     from pdd.teachers import weights
 
+    check_cache_dir()
+
     rows = weights.list_weights()
     header = ("NAME", "TEACHER", "DEFAULT", "CACHED", "CHECKSUM")
     table = [header] + [
@@ -76,12 +79,16 @@ def _list(args: argparse.Namespace) -> None:
 def _download(args: argparse.Namespace) -> None:
     from pdd.teachers import weights
 
+    check_cache_dir()
+
     path = weights.download(args.name, url=args.url, force=args.force)
     print(f"{args.name}: {path}")
 
 
 def _import(args: argparse.Namespace) -> None:
     from pdd.teachers import weights
+
+    check_cache_dir()
 
     path = weights.import_file(
         args.name, args.file, allow_checksum_mismatch=args.allow_checksum_mismatch
@@ -94,6 +101,8 @@ def _import(args: argparse.Namespace) -> None:
 
 def _verify(args: argparse.Namespace) -> None:
     from pdd.teachers import weights
+
+    check_cache_dir()
 
     if args.name is not None:
         names = [args.name]

@@ -26,6 +26,7 @@ from pdd.errors import PDDError
 
 __all__ = [
     "DEFAULT_OPSET",
+    "MIN_OPSET",
     "MAP_TOLERANCE",
     "SCORE_TOLERANCE",
     "ExportError",
@@ -35,6 +36,10 @@ __all__ = [
 
 DEFAULT_OPSET = 18
 """ONNX opset of exported graphs (onnxruntime >= 1.14 runs it)."""
+MIN_OPSET = 18
+"""Lowest accepted opset: the torch.export-based exporter builds opset-18 graphs and only tries to
+convert them down, keeping 18 without an error when it cannot (``--opset 0`` gave an opset-18
+file). The highest is the installed onnx package's (``onnx.defs.onnx_opset_version()``)."""
 
 # Largest accepted max|ONNX - PyTorch| / max|PyTorch| for maps and scores: float32 graphs that
 # differ only in operation order agree to about 1e-6 here; a wrong graph is far above 1e-3.
@@ -78,6 +83,7 @@ def export_onnx(
     from pdd.engine.checkpoint import load
 
     _require_onnx_packages()
+    _check_opset(opset)
     model, _meta = load(checkpoint)
     model = model.float().eval()
     image_size = int(model.config["image_size"])
@@ -107,6 +113,11 @@ def export_onnx(
         staged = Path(staging) / out.name
         external = _parameter_bytes(model) > _PROTOBUF_LIMIT
         program.save(staged, external_data=external)
+        written = _written_opset(staged)
+        if written != opset:
+            raise ExportError(
+                f"{checkpoint}: asked for ONNX opset {opset}, but the exporter wrote opset {written}"
+            )
         map_error, score_error = _compare(model, staged, image_size, check_batch)
         if map_error > MAP_TOLERANCE or score_error > SCORE_TOLERANCE:
             raise ExportError(
@@ -137,6 +148,26 @@ def _require_onnx_packages() -> None:
         raise ExportError(
             f"ONNX export needs {', '.join(missing)}: pip install 'pdd[onnx]'"
         )
+
+
+def _check_opset(opset: int) -> None:
+    """``opset`` within what this exporter writes and the installed onnx knows."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= highest:
+        raise ExportError(
+            f"--opset {opset}: must be between {MIN_OPSET} and {highest} (the installed onnx's newest)"
+        )
+
+
+def _written_opset(onnx_path: Path) -> int | None:
+    """The default-domain opset recorded in the saved file: what a runtime will see."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    versions = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    return versions[0] if versions else None
 
 
 def _compare(model: torch.nn.Module, onnx_path: Path, image_size: int, batch: int) -> tuple[float, float]:

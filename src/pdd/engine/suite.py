@@ -34,9 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pdd.config import resolve_config
+from pdd.config import read_yaml_file, resolve_config
 from pdd.data import FORMATS
 from pdd.engine.aggregate import METRIC_KEYS
 from pdd.errors import ConfigError, PDDError
@@ -122,14 +120,7 @@ def load_suite(
         raise ConfigError(
             f"{suite}: no such suite file, and not a built-in suite ({', '.join(BUILTIN_SUITES)})"
         )
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read suite file: {exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from exc
+    loaded = read_yaml_file(path, "suite file")  # the shared loader: duplicate keys are errors
     return _parse(
         loaded,
         _Where(str(path)),
