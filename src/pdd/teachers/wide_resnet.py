@@ -3,12 +3,22 @@
 The modules keep torchvision's names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so the
 published torchvision (IMAGENET1K_V1/V2) and timm (``wide_resnet50_2.racm_in1k``) state dicts load
 key for key once their ``fc.*`` classifier is dropped.
+
+Two things make it faster than torchvision's module as called by the official code, without changing
+what it computes beyond float32 rounding: ``forward(x, levels=3)`` stops after layer3 for models
+that never read layer4 (RD4AD: a third of the teacher's time), and the weights and activations are
+kept channels-last, the layout oneDNN's convolutions run in without reordering every call, except
+layer4, which runs faster outside oneDNN (``pdd.conv_backend``; benchmarks/README.md, "Against
+anomalib").
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import wide_resnet50_2
+
+from pdd.conv_backend import gemm_convolutions
 
 __all__ = ["CHANNELS", "CLASSIFIER_PREFIXES", "STRIDES", "WideResNetFeatures"]
 
@@ -32,11 +42,21 @@ class WideResNetFeatures(nn.Module):
         self.layer2 = net.layer2
         self.layer3 = net.layer3
         self.layer4 = net.layer4
+        # Values are untouched (same init, same state dict); only the storage order changes.
+        self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, levels: int = len(CHANNELS)) -> list[Tensor]:
+        """x [B, 3, H, W] -> the outputs of layer1..layer``levels`` (channels-last tensors)."""
+        if not 1 <= levels <= len(CHANNELS):
+            raise ValueError(f"levels must be 1..{len(CHANNELS)}, got {levels}")
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        y1 = self.layer1(x)
-        y2 = self.layer2(y1)
-        y3 = self.layer3(y2)
-        y4 = self.layer4(y3)
-        return [y1, y2, y3, y4]
+        features = []
+        for layer in (self.layer1, self.layer2, self.layer3)[:levels]:
+            x = layer(x)
+            features.append(x)
+        if levels == len(CHANNELS):
+            # 3x3 convs over 1024 channels on a 1/32 grid: faster outside oneDNN (conv_backend).
+            with gemm_convolutions():
+                features.append(self.layer4(x))
+        return features
