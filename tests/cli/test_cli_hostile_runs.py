@@ -472,3 +472,23 @@ def test_a_file_name_that_is_not_utf8_survives_a_fit(
     assert b"good/" + odd in (out / "split.csv").read_bytes()
     assert b"good/" + odd in (out / "scores.csv").read_bytes()
     assert (out / "report.html").is_file()
+
+
+def test_ddp_worker_processes_do_not_take_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's DDP launcher re-runs `pdd fit` in each worker (LOCAL_RANK > 0): they must not
+    contend for the folder's lock that rank 0 holds. Kills: locking in every process."""
+    from pdd.cli.run_guard import guarded_run
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with guarded_run(out, "pdd fit", resume_command=None):
+            pass
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        from pdd.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="another pdd run"):
+            with guarded_run(out, "pdd fit", resume_command=None):
+                pass

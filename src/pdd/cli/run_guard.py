@@ -5,6 +5,9 @@ exit 130 / 143 with a message naming the folder and the resume command (``pdd.cl
 keeps a failed new run from blocking its own corrected rerun: when a run into a new or empty folder
 fails before it saved anything that can be resumed (a training state, a model, metrics), what it
 wrote there (``config.yaml``, ``split.csv``, ...) is removed again.
+
+Under DDP every process runs the command; only the one that writes the folder (global rank 0)
+takes the lock and cleans up, the others only get the signal handling.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def guarded_run(folder: Path, command: str, *, resume_command: str | None) -> It
     must find ``folder`` absent or empty (the engine refuses anything else), so all it holds is ours.
     """
     folder = Path(folder)
+    if not _writes_files():
+        with interruptible(command, lambda: f"see the message of the first process about {folder}"):
+            yield
+        return
     fresh = not folder.exists() or not any(folder.iterdir())
     created = not folder.exists()
     cleared = False
@@ -58,6 +65,13 @@ def guarded_run(folder: Path, command: str, *, resume_command: str | None) -> It
         if cleared and created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _writes_files() -> bool:
+    """Whether this process is the run's global rank 0, the only one writing the folder."""
+    from pdd.engine.runner import _is_global_zero_from_env  # the runner's own rule, not a copy
+
+    return _is_global_zero_from_env()
 
 
 def _has_progress(folder: Path) -> bool:
