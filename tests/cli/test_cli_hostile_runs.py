@@ -492,3 +492,25 @@ def test_ddp_worker_processes_do_not_take_the_lock(
         with pytest.raises(ConfigError, match="another pdd run"):
             with guarded_run(out, "pdd fit", resume_command=None):
                 pass
+
+
+def test_a_full_disk_while_fitting_is_one_line_naming_the_file(
+    fake_cli: None, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Case 6: torch's zip writer reported a full disk as ``RuntimeError: [enforce fail at
+    inline_container.cc...]``, an internal error. Kills: removing the translation in
+    ``fileio.atomic_torch_save``."""
+
+    def disk_full(obj: object, handle: object, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(tiny_data), "--out", str(out), *FAKE]) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {out / 'training_state.ckpt'}: cannot write: ")
+    assert "No space left on device" in lines[0]
+    assert _empty_or_absent(out)  # nothing resumable was saved: the rerun is not blocked
