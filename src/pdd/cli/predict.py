@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, help="data loader workers per process (default: 0)")
     parser.add_argument("--device", help=argparse.SUPPRESS)  # replaced by --accelerator/--devices
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, usage_error=parser.error)
 
 
 def _devices(text: str | None) -> int | str | None:
@@ -138,7 +138,8 @@ def _predict(args: argparse.Namespace) -> int:
         out = args.resume
     else:
         if args.checkpoint is None or args.out is None or not args.inputs:
-            raise ConfigError("predict needs --checkpoint FILE, --out DIR and at least one INPUT (or --resume OUT)")
+            args.usage_error("needs --checkpoint FILE, --out DIR and at least one INPUT (or --resume OUT)")
+        window = parse_window(args.window)
         existing_file(args.checkpoint, "checkpoint")
         for path in args.inputs:
             existing_path(path, "input")
@@ -148,7 +149,7 @@ def _predict(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             inputs=tuple(args.inputs),
             out=args.out,
-            window=parse_window(args.window),
+            window=window,
             scan_rule=rule,
             precision=args.precision or "32-true",
             **{k: v for k, v in running.items() if v is not None},
