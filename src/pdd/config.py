@@ -388,7 +388,7 @@ def parse_yaml(text: str, where: str) -> Any:
     """Parse YAML a user wrote; any problem (a duplicate key too) is one ``ConfigError`` naming
     ``where`` and the line."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or type(exc).__name__

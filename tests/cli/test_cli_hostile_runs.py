@@ -7,7 +7,6 @@ Training uses the tiny ``fake`` preset of tests/engine (32 px, 1-2 epochs, a doz
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from pdd.engine.run_lock import LOCK_NAME, run_lock
 ENGINE_TESTS = Path(__file__).resolve().parents[1] / "engine"
 sys.path.insert(0, str(ENGINE_TESTS))
 
-import engine_fakes  # noqa: E402
+import engine_fakes
 
 FAKE = ["--preset", "fake", "--teachers", "random", "--epochs", "1", "--batch-size", "4",
         "--accelerator", "cpu", "--no-progress"]
@@ -119,8 +118,10 @@ def test_gpu_without_a_gpu_is_refused_before_anything_is_written(
     out = tmp_path / "run"
     assert main(["fit", "--data", str(tmp_path), "--out", str(out), "--accelerator", "gpu"]) == 1
     assert _err_lines(capsys) == [
-        "error: --accelerator gpu: this process sees no GPU (torch.cuda.is_available() is False); "
-        "use --accelerator cpu or auto"
+        (
+            "error: --accelerator gpu: this process sees no GPU (torch.cuda.is_available() is "
+            "False); use --accelerator cpu or auto"
+        )
     ]
     assert _empty_or_absent(out)
 
@@ -220,8 +221,10 @@ def test_a_second_run_into_a_locked_folder_names_the_holder(
         assert main(["fit", "--data", str(tiny_data), "--out", str(out), *FAKE]) == 1
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
     assert _err_lines(capsys) == [
-        f"error: {out}: another pdd run (pid {os.getpid()}) is writing this folder; "
-        "wait for it to finish or choose another --out"
+        (
+            f"error: {out}: another pdd run (pid {os.getpid()}) is writing this folder; "
+            "wait for it to finish or choose another --out"
+        )
     ]
     assert not (out / LOCK_NAME).exists()
 
@@ -244,9 +247,8 @@ def test_two_processes_cannot_hold_one_folder(tmp_path: Path) -> None:
         assert child.stdout is not None and child.stdout.readline().strip() == "held"
         from pdd.errors import ConfigError
 
-        with pytest.raises(ConfigError, match=rf"another pdd run \(pid {child.pid}\)"):
-            with run_lock(out):
-                pass
+        with pytest.raises(ConfigError, match=rf"another pdd run \(pid {child.pid}\)"), run_lock(out):
+            pass
     finally:
         child.communicate("\n", timeout=60)
     with run_lock(out):  # released when the holder is gone
@@ -266,15 +268,15 @@ def test_interruptible_turns_signals_into_exit_status(signum: int, via_system_ex
     after its graceful shutdown) turned the interrupt into something else. Handlers are restored.
     Kills: deciding by exception type instead of the recorded signal."""
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with pytest.raises(Interrupted) as stopped:
-        with interruptible("pdd fit", lambda: "continue with `pdd fit --resume R`"):
-            try:
-                os.kill(os.getpid(), signum)
-                time.sleep(5)  # the handler raises long before this ends
-            except KeyboardInterrupt:
-                if via_system_exit:
-                    sys.exit(1)
-                raise
+    advice = "continue with `pdd fit --resume R`"
+    with pytest.raises(Interrupted) as stopped, interruptible("pdd fit", lambda: advice):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises long before this ends
+        except KeyboardInterrupt:
+            if via_system_exit:
+                sys.exit(1)
+            raise
     name = signal.Signals(signum).name
     assert stopped.value.status == 128 + signum
     assert stopped.value.message == f"pdd fit stopped by {name}; continue with `pdd fit --resume R`"
@@ -299,8 +301,10 @@ def test_interrupted_before_training_empties_the_folder(
     monkeypatch.setattr(runner, "fit", stopped_early)
     assert main(["fit", "--data", str(tiny_data), "--out", str(out), *FAKE]) == 130
     assert _err_lines(capsys) == [
-        f"error: pdd fit stopped by SIGINT; nothing that can be resumed had been saved, so {out} "
-        "was emptied; run the same command again"
+        (
+            f"error: pdd fit stopped by SIGINT; nothing that can be resumed had been saved, so "
+            f"{out} was emptied; run the same command again"
+        )
     ]
     assert _empty_or_absent(out)
 
@@ -324,8 +328,10 @@ def test_pdd_test_stopped_by_sigterm_leaves_nothing_that_looks_complete(
     assert main(["test", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(out)]) == 143
     lines = _err_lines(capsys)
     assert lines == [
-        f"error: pdd test stopped by SIGTERM; nothing that can be resumed had been saved, so {out} "
-        "was emptied; run the same command again"
+        (
+            f"error: pdd test stopped by SIGTERM; nothing that can be resumed had been saved, so "
+            f"{out} was emptied; run the same command again"
+        )
     ]
     assert _empty_or_absent(out)
 
@@ -418,8 +424,10 @@ def test_a_cache_dir_that_is_a_file_is_named_as_the_cause(
         command = ["fit", "--data", str(tmp_path), "--out", str(out)]  # pretrained teachers
     assert main(command) == 1
     assert _err_lines(capsys) == [
-        f"error: {blocker}: is a file, so the weight cache {blocker / 'weights'} cannot be a "
-        f"folder (from PDD_CACHE_DIR={blocker}; point it at a folder)"
+        (
+            f"error: {blocker}: is a file, so the weight cache {blocker / 'weights'} cannot be a "
+            f"folder (from PDD_CACHE_DIR={blocker}; point it at a folder)"
+        )
     ]
     assert _empty_or_absent(out)
 
@@ -465,7 +473,7 @@ def test_a_file_name_that_is_not_utf8_survives_a_fit(
     shutil.copytree(tiny_data, data)
     odd = b"caf\xe9.png"  # Latin-1 e-acute: not valid UTF-8
     for part in ("train/good", "test/good"):
-        first = sorted((data / part).iterdir())[0]
+        first = min((data / part).iterdir())
         os.rename(first, os.path.join(os.fsencode(data / part), odd))
     out = tmp_path / "run"
     assert main(["fit", "--data", str(data), "--out", str(out), *FAKE]) == 0, capsys.readouterr().err
@@ -489,9 +497,11 @@ def test_ddp_worker_processes_do_not_take_the_lock(
         monkeypatch.setenv("LOCAL_RANK", "0")
         from pdd.errors import ConfigError
 
-        with pytest.raises(ConfigError, match="another pdd run"):
-            with guarded_run(out, "pdd fit", resume_command=None):
-                pass
+        with (
+            pytest.raises(ConfigError, match="another pdd run"),
+            guarded_run(out, "pdd fit", resume_command=None),
+        ):
+            pass
 
 
 def test_a_full_disk_while_fitting_is_one_line_naming_the_file(

@@ -56,7 +56,7 @@ def test_huge_scores_give_a_report(run_folder_factory: Any, extreme: float) -> N
     page = write_report(run).read_text(encoding="utf-8")
     histograms = page.split('id="histograms"')[1].split("</section>")[0]
     assert "data:image/png;base64," in histograms
-    assert [row.score for row in read_scores(run / "scores.csv")][0] == extreme
+    assert read_scores(run / "scores.csv")[0].score == extreme
 
 
 def test_ordinary_scores_keep_a_plain_axis() -> None:

@@ -26,8 +26,8 @@ from pdd.errors import PDDError
 
 __all__ = [
     "DEFAULT_OPSET",
-    "MIN_OPSET",
     "MAP_TOLERANCE",
+    "MIN_OPSET",
     "SCORE_TOLERANCE",
     "ExportError",
     "ExportResult",
