@@ -155,6 +155,7 @@ def pdd_classes_run(
     )
 
 
+@pytest.mark.slow
 def test_threshold_and_colour_scale_come_from_held_out_normals(
     pdd_classes_run: Path, phantom_classes: Path
 ) -> None:
@@ -187,6 +188,7 @@ def test_threshold_and_colour_scale_come_from_held_out_normals(
         )
 
 
+@pytest.mark.slow
 def test_scores_labels_and_every_metric_recomputed_from_the_run(
     pdd_classes_run: Path, phantom_classes: Path
 ) -> None:
