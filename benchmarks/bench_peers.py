@@ -47,6 +47,7 @@ from torch import Tensor, nn
 DEFAULT_SIZE = 256
 BATCHES = (1, 8)
 TRAIN_BATCH = 4
+PASSES = (*(f"infer{batch}" for batch in BATCHES), "train")
 ANOMALIB = "anomalib RD"
 ANOMALIB_OFFICIAL = "anomalib RD, official width"
 OURS = ("rd4ad", "pdd", "pdd-reference")
@@ -178,6 +179,7 @@ def _time_passes(
     repeats: int,
     bf16: bool,
     clock: Callable[[], float],
+    wanted: list[str],
 ) -> None:
     """Every pass, round by round across the models; round 0 is the untimed warm-up."""
     passes: list[tuple[str, Callable[[Entry], None]]] = []
@@ -195,6 +197,8 @@ def _time_passes(
 
     passes.append(("train", train))
     for name, run in passes:
+        if name not in wanted:
+            continue
         for round_index in range(repeats + 1):
             for entry in entries:
                 with _peak_rss() as rss:
@@ -233,18 +237,20 @@ def _model_table(entries: list[Entry]) -> str:
     for entry in entries:
         m = medians[entry.name]
         cells: list[object] = [entry.name]
-        for batch in BATCHES:
-            per_image = m[f"infer{batch}"] / batch * 1e3
-            ref = (
-                None if reference is None else reference[f"infer{batch}"] / batch * 1e3
-            )
-            cells.append(f"{per_image:.0f}{_ratio(per_image, ref)}")
-        train = m["train"] * 1e3
-        cells.append(
-            f"{train:.0f}{_ratio(train, None if reference is None else reference['train'] * 1e3)}"
-        )
+        for name in PASSES:
+            if name not in m:
+                cells.append("not run")
+                continue
+            scale = 1e3 / (1 if name == "train" else int(name.removeprefix("infer")))
+            value = m[name] * scale
+            ref = None if reference is None else reference[name] * scale
+            cells.append(f"{value:.0f}{_ratio(value, ref)}")
         cells.append(f"{sum(p.numel() for p in entry.model.parameters()) / 1e6:.1f}")
-        cells.append(f"{entry.memory['infer8']:.2f} / {entry.memory['train']:.2f}")
+        memory = [
+            f"{entry.memory.get(name, float('nan')):.2f}"
+            for name in ("infer8", "train")
+        ]
+        cells.append(" / ".join(memory))
         rows.append(cells)
     return table(
         [
@@ -437,6 +443,13 @@ def main() -> None:
         "machine (use with --threads 1; with more threads it counts their spin-waits too)",
     )
     p.add_argument(
+        "--passes",
+        nargs="+",
+        choices=list(PASSES),
+        default=list(PASSES),
+        help="which passes to time (default: all)",
+    )
+    p.add_argument(
         "--size", type=int, default=DEFAULT_SIZE, help="input size (smoke tests: 64)"
     )
     p.add_argument("--headct", type=Path, default=DEFAULT_HEADCT, help="HeadCT folder")
@@ -462,7 +475,7 @@ def main() -> None:
     entries = [] if args.no_anomalib else _anomalib_entries(args.size)
     entries += _our_entries(args.presets, args.size)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    _time_passes(entries, images, args.repeats, args.bf16, clock)
+    _time_passes(entries, images, args.repeats, args.bf16, clock, args.passes)
     print(f"\n{args.clock} time, median of {args.repeats} rounds; end: {_load()}\n")
     print(_model_table(entries), flush=True)
     del entries
