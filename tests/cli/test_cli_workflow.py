@@ -127,10 +127,10 @@ def test_export_command(
     monkeypatch.setattr(export, "export_onnx", fake_export)
     target = tmp_path / "onnx" / "model.onnx"
     ckpt = fitted["run"] / "model.ckpt"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(target), "--opset", "17"]) == 0
-    assert seen == {"checkpoint": ckpt, "out": target, "opset": 17}
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(target), "--opset", "19"]) == 0
+    assert seen == {"checkpoint": ckpt, "out": target, "opset": 19}
     text = capsys.readouterr().out
-    assert "[N,3,32,32]" in text and "opset 17" in text and "maps 2.0e-07, scores 1.0e-07" in text
+    assert "[N,3,32,32]" in text and "opset 19" in text and "maps 2.0e-07, scores 1.0e-07" in text
 
 
 def test_export_to_unwritable_place(fitted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
