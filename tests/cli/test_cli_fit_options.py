@@ -138,3 +138,42 @@ def test_fit_failure_through_main_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert status == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'missing'}: data folder does not exist"]
+
+
+def test_protocol_options_from_the_command_line_and_a_config_file(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """--joint, --holdout-fraction, --group-by and --logger reach FitOptions; a config file may
+    hold them too (the command line wins)."""
+    options = _resolve(
+        "--data", str(data_dir), "--out", str(tmp_path / "a"), "--joint",
+        "--holdout-fraction", "0", "--group-by", r"TCGA_[A-Z0-9]+", "--logger", "csv",
+    )  # fmt: skip
+    assert (options.joint, options.holdout_fraction) == (True, 0.0)
+    assert (options.group_by, options.logger) == (r"TCGA_[A-Z0-9]+", "csv")
+    default = _resolve("--data", str(data_dir), "--out", str(tmp_path / "b"))
+    assert (default.joint, default.holdout_fraction, default.group_by) == (False, 0.1, None)
+    config = tmp_path / "protocol.yaml"
+    config.write_text("joint: true\nholdout_fraction: 0.2\ngroup_by: '^\\d+'\n")
+    from_file = _resolve("--config", str(config), "--data", str(data_dir), "--out",
+                         str(tmp_path / "c"), "--holdout-fraction", "0.05")  # fmt: skip
+    assert (from_file.joint, from_file.holdout_fraction, from_file.group_by) == (
+        True, 0.05, r"^\d+",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--holdout-fraction", "1", "holdout-fraction"),
+        ("--holdout-fraction", "-0.1", "holdout-fraction"),
+        ("--group-by", "TCGA_(", "group-by"),
+    ],
+)
+def test_bad_protocol_options_fail_before_anything_is_written(
+    tmp_path: Path, data_dir: Path, flag: str, value: str, message: str
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=message):
+        _resolve("--data", str(data_dir), "--out", str(out), flag, value)
+    assert not out.exists()

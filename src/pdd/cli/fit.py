@@ -31,7 +31,7 @@ from pdd.cli._common import (
     user_path,
 )
 from pdd.cli.run_guard import guarded_run
-from pdd.errors import ConfigError
+from pdd.errors import ConfigError, PDDError
 
 __all__ = ["parse_overrides", "parse_seeds", "register", "resolve_fit_options"]
 
@@ -99,6 +99,41 @@ def _as_seeds(value: Any, where: str) -> list[int]:
     raise ConfigError(f"{where}: expected a seed or a list of seeds, got {value!r}")
 
 
+def _as_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _as_fraction(value: Any, where: str) -> float:
+    """A holdout fraction: 0 (no holdout, no threshold) up to, but not including, 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{where}: expected a number from 0 up to (not including) 1, got {value!r}")
+    return float(value)
+
+
+def _as_group_pattern(value: Any, where: str) -> str:
+    from pdd.data import compile_group_pattern
+
+    text = _as_str(value, where)
+    try:
+        compile_group_pattern(text)
+    except PDDError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return text
+
+
+def _as_logger(value: Any, where: str) -> str:
+    from pdd.engine.loggers import check_logger
+
+    text = _as_str(value, where)
+    try:
+        check_logger(text)
+    except PDDError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return text
+
+
 def _as_devices(value: Any, where: str) -> int | str:
     if value == "auto":
         return "auto"
@@ -132,6 +167,10 @@ _FIT_OPTIONS: dict[str, _Option] = {
     "split_file": _Option("split_file", _as_path),
     "class": _Option("class_name", _as_str),
     "class_name": _Option("class_name", _as_str),
+    "joint": _Option("joint", _as_bool),
+    "holdout_fraction": _Option("holdout_fraction", _as_fraction),
+    "group_by": _Option("group_by", _as_group_pattern),
+    "logger": _Option("logger", _as_logger),
     "accelerator": _Option("accelerator", _choice(ACCELERATORS)),
     "devices": _Option("devices", _as_devices),
     "num_nodes": _Option("num_nodes", _as_positive_int),
@@ -145,7 +184,8 @@ _PATH_FIELDS = ("data", "out", "split_file")
 _FIT_ARGUMENTS = (
     "data", "out", "format", "preset", "teachers", "image_size", "epochs", "batch_size", "seed",
     "seeds", "split", "class_name", "config", "accelerator", "devices", "num_nodes", "strategy",
-    "precision", "num_workers", "checkpoint_every_n_steps",
+    "precision", "num_workers", "checkpoint_every_n_steps", "joint", "holdout_fraction", "group_by",
+    "logger",
 )  # fmt: skip
 _FLAG_NAMES = {"class_name": "class", "checkpoint_every_n_steps": "checkpoint-every"}
 _MODEL_SECTION = "model"
@@ -177,6 +217,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seeds", help="several seeds, e.g. 0,1,2: one run each, mean and std")
     fit.add_argument("--split", type=user_path, help="split manifest CSV to reuse")
     fit.add_argument("--class", dest="class_name", help="one class of a multi-class dataset")
+    fit.add_argument(
+        "--joint",
+        action="store_true",
+        default=None,
+        help="one model for every class of a multi-class set (metrics pooled, per class, mean)",
+    )
+    fit.add_argument(
+        "--holdout-fraction",
+        type=float,
+        metavar="F",
+        help="training normals held out for the threshold (default 0.1; 0: train on all of them, "
+        "no threshold)",
+    )
+    fit.add_argument(
+        "--group-by",
+        metavar="REGEX",
+        help="the group (patient) of a 2-D image from its file name; a group never crosses sets",
+    )
+    fit.add_argument(
+        "--logger",
+        choices=("csv", "tensorboard", "mlflow"),
+        help="training curves: csv (default, always written), tensorboard or mlflow (extras)",
+    )
     fit.add_argument("--config", type=user_path, help="YAML file with any of these options")
     fit.add_argument(
         "--set",
@@ -299,7 +362,14 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
         "strategy": args.strategy,
         "precision": args.precision,
         "checkpoint_every_n_steps": args.checkpoint_every_n_steps,
+        "joint": args.joint,
     }
+    if args.holdout_fraction is not None:
+        cli_values["holdout_fraction"] = _as_fraction(args.holdout_fraction, "--holdout-fraction")
+    if args.group_by is not None:
+        cli_values["group_by"] = _as_group_pattern(args.group_by, "--group-by")
+    if args.logger is not None:
+        cli_values["logger"] = _as_logger(args.logger, "--logger")
     if args.seed is not None:
         cli_values["seeds"] = [args.seed]
     if args.seeds is not None:
@@ -360,10 +430,10 @@ def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         where = f"{path}: {raw_key}"
         if key == _MODEL_SECTION:
             _deep_merge(overrides, _mapping(value, where))
-        elif key == _OPTIONS_SECTION:  # a run folder's config.yaml: {options, model, pdd_version}
+        elif key == _OPTIONS_SECTION:  # a run folder's config.yaml: {options, model, provenance}
             for option_key, option_value in _mapping(value, where).items():
                 _take_option(str(option_key), option_value, f"{where}.{option_key}", values, overrides)
-        elif key == "pdd_version":
+        elif key in ("pdd_version", "global_batch_size"):
             continue  # provenance of a saved run configuration; nothing to apply
         elif key in _FIT_OPTIONS:
             _take_option(key, value, where, values, overrides)
@@ -456,6 +526,24 @@ def check_model_config(values: dict[str, Any], overrides: dict[str, Any]) -> Non
     resolve_config(values["preset"], combined)
 
 
+def _describe_batch(options: Any) -> str:
+    """Batch per device, accumulation and the global batch the optimiser sees (one line)."""
+    from pdd.config import resolve_config
+    from pdd.engine.options import model_overrides
+    from pdd.engine.training import accumulation, planned_global_batch
+
+    train = resolve_config(options.preset, model_overrides(options))["train"]
+    batch, total = int(train["batch_size"]), planned_global_batch(options, train)
+    if total is None:
+        return f"batch {batch} per device; global batch set by the devices found"
+    world = options.devices * options.num_nodes
+    steps = accumulation(int(train.get("accumulate_grad_batches", 1)), world)
+    return (
+        f"batch {batch} per device x {world} device(s) x {steps} accumulated = "
+        f"global batch {total}"
+    )
+
+
 def _describe(options: Any) -> str:
     """The one-paragraph summary printed before training, random teachers called out loudly."""
     size = options.image_size if options.image_size is not None else "preset default"
@@ -465,9 +553,13 @@ def _describe(options: Any) -> str:
         (
             f"fit: preset {options.preset}, data {options.data} ({options.format}), "
             f"image size {size}, epochs {epochs}, seeds {seeds}"
+            + (", joint (one model for every class)" if options.joint else "")
         ),
+        f"     {_describe_batch(options)}",
         f"     run folder {options.out}",
     ]
+    if options.holdout_fraction == 0:
+        lines.append("     holdout fraction 0: every training normal trains; no threshold, no decisions")
     if options.teachers == "random":
         lines.append(
             "WARNING: teachers are RANDOMLY initialised (--teachers random): results are a "

@@ -71,12 +71,19 @@ _PROVENANCE_LABELS: dict[str, str] = {
     "split": "Split manifest",
     "image_size": "Image size",
     "epochs": "Epochs",
+    "joint": "One model for every class (joint)",
     "batch_size": "Batch size (per device)",
+    "accumulate_grad_batches": "Batches accumulated per optimiser step",
     "world_size": "Devices",
+    "global_batch_size": "Global batch (per optimiser step)",
     "precision": "Precision",
     "num_train": "Training images",
     "num_holdout": "Held-out normal images (threshold)",
+    "holdout_fraction": "Holdout fraction",
     "num_test": "Test images",
+    "group_by": "Groups from file names (regex)",
+    "groups": "Groups (patients, volumes, series) per set",
+    "map_stats_from": "Heatmap colour scale from",
     "skipped_count": "Skipped files",
     "final_train_loss": "Final training loss",
     "timing": "Timing (s)",
@@ -294,6 +301,17 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         parts.append(_table(["Metric", "Value"], rows, "metrics"))
     if metrics.get("mean_over") in ("classes", "seeds"):
         parts.append(_note(f"Top-level values are the mean over {metrics['mean_over']}."))
+    joint = isinstance(metrics.get("class_mean"), dict)
+    if joint:
+        parts.append(_note("One model for every class (joint): top-level values are pooled over "
+                           "every test image of every class; per-class values and their mean are "
+                           "below."))
+    if "threshold_note" in metrics or any(
+        isinstance(run, dict) and "threshold_note" in run for run in runs.values()
+    ):
+        parts.append(_note("No threshold: every training normal was used for training "
+                           "(holdout fraction 0), so there are no decisions, sensitivity or "
+                           "specificity."))
     parts.append(_note("AUROC, AP, F1-max, AUPRO, sensitivity and specificity in percent. Higher "
                        "scores mean more anomalous; a scan is flagged when score > threshold, and "
                        "the threshold is chosen on held-out normal images only."))
@@ -302,8 +320,12 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
         class_keys = _metric_keys(*[v for v in classes.values() if isinstance(v, dict)])
         rows = [[_esc(name), *(_format_metric(key, values.get(key)) for key in class_keys)]
                 for name, values in classes.items() if isinstance(values, dict)]
+        class_mean = _dict_or_empty(metrics.get("class_mean")) if joint else metrics
         rows.append(["<strong>Mean over classes</strong>",
-                     *(_format_metric(key, metrics.get(key)) for key in class_keys)])
+                     *(_format_metric(key, class_mean.get(key)) for key in class_keys)])
+        if joint:
+            rows.append(["<strong>Pooled (all test images)</strong>",
+                         *(_format_metric(key, metrics.get(key)) for key in class_keys)])
         parts.append("<h3>Per class</h3>")
         parts.append(_table(["Class", *(_esc(_METRIC_LABELS[k]) for k in class_keys)], rows,
                             "metrics"))
@@ -520,8 +542,12 @@ def _gallery_section(main: _ScoreSet, metrics: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _training_section(metrics: dict[str, Any]) -> str:
-    """Per-epoch training losses (``train_history`` of metrics.json), when recorded."""
+def _training_section(metrics: dict[str, Any], folder: Path) -> str:
+    """The loss of every optimiser step (the run's CSV log) and per-epoch means of every loss
+    term (``train_history`` of metrics.json), when recorded."""
+    from pdd.engine.loggers import read_step_losses
+
+    steps = read_step_losses(folder)
     history = metrics.get("train_history")
     if not isinstance(history, list) or not history or not all(isinstance(e, dict) for e in history):
         return ""
@@ -532,6 +558,12 @@ def _training_section(metrics: dict[str, Any]) -> str:
     epochs = [entry.get("epoch", index + 1) for index, entry in enumerate(history)]
     figure = Figure(figsize=(8, 3.4))
     axes = figure.subplots()
+    if steps:
+        # Steps on the epoch axis: step s of an epoch of n steps sits at epoch - 1 + s / n.
+        per_epoch = len(steps) / len(history)
+        axes.plot([(index + 1) / per_epoch for index in range(len(steps))],
+                  [loss for _, loss in steps], lw=0.8, alpha=0.45, color="#718096",
+                  label="total loss per optimiser step (logs/)")
     for index, term in enumerate(sorted(terms, key=lambda key: key != "loss")):
         axes.plot(epochs, [entry[term] for entry in history], marker="o", markersize=3,
                   lw=2.2 if term == "loss" else 1.2, color=_LINE_COLOURS[index % len(_LINE_COLOURS)],
@@ -544,6 +576,8 @@ def _training_section(metrics: dict[str, Any]) -> str:
     axes.legend(fontsize=8)
     return ('<section id="training"><h2>Training</h2>'
             f'{_figure_html(figure, "Training loss per epoch")}'
+            + (_note(f"Grey: the total loss of each of the {len(steps)} optimiser steps, from "
+                     "the run's CSV log (logs/).") if steps else "")
             + _note("The last epoch is evaluated; test images never select an epoch.")
             + "</section>")
 
@@ -632,7 +666,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         _curves_section(sets),
         _histogram_section(main, main_metrics),
         _gallery_section(main, main_metrics),
-        _training_section(main_metrics),
+        _training_section(main_metrics, main.folder),
         _skipped_section(metrics if "skipped_count" in metrics else main_metrics),
     ])
     page = (
