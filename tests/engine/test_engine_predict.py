@@ -94,8 +94,9 @@ def _run(ckpt: Path, paths: list[Path], out: Path, **options) -> object:
 
 
 def test_scores_volumes_overlays_and_maps(tmp_path: Path, inputs: dict, model_and_ckpt) -> None:
-    """Kills: a wrong row order, a decision at >= instead of >, a per-image colour scale, a scan
-    score other than the max of its slices, a wrong max_slice, slices of a series out of order."""
+    """Kills: a wrong row order, a per-image colour scale, a scan score other than the default
+    rule (mean of the 3 highest slices; = the mean here, != the max), a wrong max_slice, slices of
+    a series out of order."""
     model, ckpt, threshold = model_and_ckpt
     calls: list[tuple[int, int]] = []
     result = predict(
@@ -125,9 +126,10 @@ def test_scores_volumes_overlays_and_maps(tmp_path: Path, inputs: dict, model_an
     assert [v["kind"] for v in volumes] == ["nifti", "dicom"]
     for volume, first in zip(volumes, (2, 5)):
         slice_scores = [float(s) for s in scores[first : first + 3]]
-        assert float(volume["score"]) == pytest.approx(max(slice_scores), rel=1e-6)
+        assert float(volume["score"]) == pytest.approx(sum(slice_scores) / 3, rel=1e-6)
+        assert float(volume["score"]) != pytest.approx(max(slice_scores), rel=1e-6)
         assert int(volume["max_slice"]) == int(np.argmax(slice_scores))
-        assert volume["num_slices"] == "3" and volume["rule"] == "max"
+        assert volume["num_slices"] == "3" and volume["rule"] == "mean-top-3"
     assert volumes[1]["patient_id"] == "P-007"
     assert [row["slice"] for row in rows[5:]] == ["0", "1", "2"]
     assert all(row["scan"] == volumes[1]["scan"] for row in rows[5:])
@@ -136,7 +138,7 @@ def test_scores_volumes_overlays_and_maps(tmp_path: Path, inputs: dict, model_an
     assert nifti_map.shape == nib.load(inputs["nifti"]).shape
     np.testing.assert_allclose(nifti_map.affine, AFFINE)
     record = json.loads((tmp_path / "predict.json").read_text())
-    assert record["status"] == "complete" and record["scan_rule"] == "max"
+    assert record["status"] == "complete" and record["scan_rule"] == "mean-top-3"
     assert not (tmp_path / ".partial").exists() and not (tmp_path / "skipped.csv").exists()
 
 

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--scan-score", metavar="RULE",
-        help="scan score from its slice scores: max (the default) or mean-top-K, e.g. mean-top-3",
+        help="scan score from its slice scores: mean-top-K (mean of the K highest; default "
+        "mean-top-3) or max",
     )
     parser.add_argument("--batch-size", type=positive_int, help="images per batch and device (default: 8)")
     parser.add_argument("--accelerator", choices=ACCELERATORS, help="default: auto")

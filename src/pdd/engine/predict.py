@@ -69,8 +69,9 @@ NOTES_FILE = "notes.csv"
 RUN_FILE = "predict.json"
 WORK_DIR = ".partial"
 HEATMAP_DIR = "heatmaps"
-DEFAULT_SCAN_RULE = "max"
-"""Scan score = highest slice score (chosen on phantom volumes, see benchmarks/README.md)."""
+DEFAULT_SCAN_RULE = "mean-top-3"
+"""Scan score = mean of the 3 highest slice scores: on phantom volumes it ranked scans at least as
+well as ``max`` for lesions over 1, 3 and 6 slices (benchmarks/README.md, "scan score rule")."""
 PATH_ENCODING = (
     "utf-8, surrogateescape: file-name bytes that are not valid UTF-8 are written as those bytes"
 )
