@@ -55,8 +55,7 @@ def phantom_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-SMALL_VMAMBA = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
-"""A VMamba-Tiny with the real wiring but few channels and blocks: real presets, CPU-test cheap."""
+SMALL_VMAMBA = engine_fakes.SMALL_VMAMBA
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,9 @@ from torch import nn
 
 from pdd.errors import CheckpointError
 
+SMALL_VMAMBA: dict[str, Any] = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
+"""A VMamba-Tiny with the real wiring but few channels and blocks: real presets, CPU-test cheap."""
+
 DEFAULT_CONFIG: dict[str, Any] = {
     "preset": "fake",
     "family": "fake",

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_fakes import read_metrics, read_scores
+from engine_fakes import SMALL_VMAMBA, read_metrics, read_scores
 from scipy import ndimage
 from sklearn.metrics import (
     average_precision_score,
@@ -43,7 +43,6 @@ from pdd.engine.checkpoint import load
 from pdd.engine.runner import FitOptions, fit
 
 CLASSES = ("a", "b")
-SMALL_VMAMBA = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
 SMALL_MODEL = {
     "teachers": "random",
     "image_size": 32,
