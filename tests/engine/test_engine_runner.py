@@ -223,9 +223,11 @@ def test_real_pdd_preset_learns_synthetic_lesions(tmp_path: Path) -> None:
     loss goes down every epoch, lesion pixels score above normal tissue and abnormal phantoms
     above normal ones.
 
-    Measured with exactly these settings (deterministic on CPU): loss 3.14 -> 2.73 -> 2.67 -> 2.63
-    -> 2.62, pixel AUROC 0.832, image AUROC 0.766 (16 test images, so AUROC moves in steps of 1/64);
-    23 s on a 2-core CPU.
+    Measured with exactly these settings (deterministic on CPU) since the released (Kaiming)
+    initialisation: loss 3.20 -> 2.76 -> 2.70 -> 2.66 -> 2.63, pixel AUROC 0.915, AUPRO 0.662, image
+    AUROC 0.625 (16 test images, so AUROC moves in steps of 1/64). With PyTorch's default init it
+    was pixel 0.832, image 0.766: with random teachers the image-level ranking is the weak, noisy
+    part (see the README's demo numbers), so the pixel-level bound carries the weight here.
     """
     from pdd.data.synthetic import make_phantom_dataset
 
@@ -243,8 +245,8 @@ def test_real_pdd_preset_learns_synthetic_lesions(tmp_path: Path) -> None:
     assert losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], (
         losses
     )
-    assert metrics["pixel_auroc"] >= 0.75, metrics["pixel_auroc"]
-    assert metrics["image_auroc"] >= 0.65, metrics["image_auroc"]
+    assert metrics["pixel_auroc"] >= 0.85, metrics["pixel_auroc"]
+    assert metrics["image_auroc"] >= 0.55, metrics["image_auroc"]
     assert metrics["teachers"] == "random" and metrics["preset"] == "pdd"
     assert set(metrics["teacher_identity"]) == {"wide_resnet50_2", "vmamba_tiny_v0"}
 
