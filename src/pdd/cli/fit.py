@@ -112,26 +112,30 @@ def _as_fraction(value: Any, where: str) -> float:
     return float(value)
 
 
+def _text_checked_by(check: Callable[[str], Any]) -> Callable[[Any, str], str]:
+    """A text option that ``check`` validates; its PDDError is reported under the option's name."""
+
+    def as_text(value: Any, where: str) -> str:
+        text = _as_str(value, where)
+        try:
+            check(text)
+        except PDDError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return text
+
+    return as_text
+
+
 def _as_group_pattern(value: Any, where: str) -> str:
     from pdd.data import compile_group_pattern
 
-    text = _as_str(value, where)
-    try:
-        compile_group_pattern(text)
-    except PDDError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return text
+    return _text_checked_by(compile_group_pattern)(value, where)
 
 
 def _as_logger(value: Any, where: str) -> str:
     from pdd.engine.loggers import check_logger
 
-    text = _as_str(value, where)
-    try:
-        check_logger(text)
-    except PDDError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return text
+    return _text_checked_by(check_logger)(value, where)
 
 
 def _as_devices(value: Any, where: str) -> int | str:

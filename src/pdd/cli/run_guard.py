@@ -70,9 +70,9 @@ def guarded_run(folder: Path, command: str, *, resume_command: str | None) -> It
 def _writes_files() -> bool:
     """Whether this process is the run's global rank 0, the only one writing the folder."""
     # The runner's own rule (launcher variables), not a copy of it.
-    from pdd.engine.runner import _is_global_zero_from_env
+    from pdd.engine.ranks import is_global_zero_from_env
 
-    return _is_global_zero_from_env()
+    return is_global_zero_from_env()
 
 
 def _has_progress(folder: Path) -> bool:

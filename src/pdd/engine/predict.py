@@ -45,7 +45,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from pdd import __version__
-from pdd.engine.predict_plan import Item, Plan, ScanEntry, open_text, read_complete_rows
+from pdd.engine.predict_plan import Item, Plan, open_text, read_complete_rows
+from pdd.engine.ranks import is_global_zero_from_env
 from pdd.errors import CheckpointError, ConfigError, DataError, PDDError
 from pdd.fileio import atomic_write_text
 
@@ -177,7 +178,7 @@ def predict(
     """
     _check_rule_and_batch(options)
     trainer = _trainer(options)  # accelerator problems fail here, before anything is written
-    zero = _is_global_zero_from_env()
+    zero = is_global_zero_from_env()
     if zero:
         _refuse_used_folder(options.out)
     model, meta = _load(options.checkpoint)
@@ -225,17 +226,6 @@ def _check_rule_and_batch(options: PredictOptions) -> None:
     parse_scan_rule(options.scan_rule)
     if options.batch_size < 1:
         raise ConfigError(f"--batch-size: expected a number >= 1, got {options.batch_size}")
-
-
-def _is_global_zero_from_env() -> bool:
-    """Whether this process is global rank 0, before a Trainer runs (DDP launchers set these)."""
-    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if name in os.environ:
-            return int(os.environ[name]) == 0
-    return (
-        int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))) == 0
-        and int(os.environ.get("LOCAL_RANK", "0")) == 0
-    )
 
 
 def _trainer(options: PredictOptions):  # -> L.Trainer

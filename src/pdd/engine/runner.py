@@ -17,7 +17,6 @@ exactly once.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -51,6 +50,7 @@ from pdd.engine.options import (
     options_from_dict,
     options_to_dict,
 )
+from pdd.engine.ranks import is_global_zero_from_env
 from pdd.engine.run_folder import (
     TRAINING_STATE,
     is_complete,
@@ -73,7 +73,7 @@ def fit(options: FitOptions) -> Path:
     options = normalised(options)
     if not options.seeds:
         raise ConfigError("no seeds given: need at least one")
-    if _is_global_zero_from_env():
+    if is_global_zero_from_env():
         refuse_existing_run(options.out)
     return _execute(options)
 
@@ -98,7 +98,7 @@ def resume(run_dir: Path, *, progress: bool = True) -> Path:
             f"{config_path}: cannot read the saved fit options ({exc})"
         ) from exc
     options = dataclasses.replace(options, out=run_dir, progress=progress)
-    if _is_global_zero_from_env():
+    if is_global_zero_from_env():
         remove_partial_files(run_dir)
     return _execute(options)
 
@@ -249,23 +249,12 @@ def _check_joint(options: FitOptions) -> None:
         )
 
 
-def _is_global_zero_from_env() -> bool:
-    """Whether this process is global rank 0, before a Trainer exists (DDP launchers set these)."""
-    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if name in os.environ:
-            return int(os.environ[name]) == 0
-    return (
-        int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))) == 0
-        and int(os.environ.get("LOCAL_RANK", "0")) == 0
-    )
-
-
 def _execute(options: FitOptions) -> Path:
     seeds, runs = options.seeds, _plan(options)
     results: dict[_SubRun, dict[str, Any] | None] = {
         run: _run_one(options, run) for run in runs
     }
-    if not _is_global_zero_from_env():
+    if not is_global_zero_from_env():
         return options.out
     if len(runs) == 1:
         return options.out
@@ -291,7 +280,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     state_path = run.folder / TRAINING_STATE
     if is_complete(run.folder):
         return None
-    leader = _is_global_zero_from_env()
+    leader = is_global_zero_from_env()
     L.seed_everything(run.seed, workers=True, verbose=False)
     split = load_dataset(
         options.data,
