@@ -14,6 +14,7 @@ import copy
 import csv
 import json
 import os
+import textwrap
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,6 +159,40 @@ def install() -> None:
     create_model = fake_router(models.create_model)
     models.create_model = create_model  # type: ignore[assignment]
     runner.create_model = create_model  # type: ignore[assignment]
+
+
+def logged_cli_script(folder: Path) -> Path:
+    """A ``pdd`` command line with the fake preset whose forward logs ``<pid> <batch size>`` per
+    call to ``$PDD_TEST_FORWARD_LOG`` (after sleeping ``$PDD_TEST_FORWARD_SECONDS``): the log
+    proves which process scored how many images. DDP children re-run this script, so they log too.
+    """
+    script = folder / "pdd_logged.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        import engine_fakes
+        engine_fakes.install()
+        original = engine_fakes.FakeModel.forward
+        def forward(self, images):
+            time.sleep(float(os.environ.get("PDD_TEST_FORWARD_SECONDS", "0")))
+            out = original(self, images)
+            with open(os.environ["PDD_TEST_FORWARD_LOG"], "a") as handle:
+                handle.write(f"{{os.getpid()}} {{images.shape[0]}}\\n")
+            return out
+        engine_fakes.FakeModel.forward = forward
+        from pdd.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    )
+    return script
+
+
+def forward_log(path: Path) -> list[tuple[int, int]]:
+    """``(pid, batch size)`` per forward call logged by ``logged_cli_script``."""
+    if not path.is_file():
+        return []
+    return [(int(pid), int(size)) for pid, size in (line.split() for line in path.read_text().splitlines())]
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:

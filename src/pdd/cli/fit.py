@@ -30,6 +30,13 @@ from pdd.cli._common import (
     seed_int,
     user_path,
 )
+from pdd.cli.device_options import (
+    ACCELERATORS,
+    PRECISIONS,
+    STRATEGIES,
+    add_device_options,
+    parse_devices,
+)
 from pdd.cli.run_guard import guarded_run
 from pdd.errors import ConfigError, PDDError
 
@@ -37,9 +44,6 @@ __all__ = ["parse_overrides", "parse_seeds", "register", "resolve_fit_options"]
 
 FORMATS = ("auto", "folder", "headct", "brainmri", "zhanglab", "unimedical", "bmad")
 TEACHERS = ("pretrained", "random")
-ACCELERATORS = ("cpu", "gpu", "auto")
-STRATEGIES = ("ddp", "auto")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass(frozen=True)
@@ -254,11 +258,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model override, e.g. students=shared or train.lr=0.001 (repeatable; YAML values)",
     )
     fit.add_argument("--resume", type=user_path, metavar="RUN_DIR", help="continue a killed fit")
-    fit.add_argument("--accelerator", choices=ACCELERATORS, help="default: auto")
-    fit.add_argument("--devices", help="devices per node: a number or auto (default: 1)")
-    fit.add_argument("--num-nodes", type=positive_int, help="machines for DDP (default: 1)")
-    fit.add_argument("--strategy", choices=STRATEGIES, help="default: auto")
-    fit.add_argument("--precision", choices=PRECISIONS, help="default: 32-true")
+    add_device_options(fit)
     fit.add_argument("--num-workers", type=int, help="data loader processes (default: 0)")
     fit.add_argument(
         "--checkpoint-every",
@@ -281,6 +281,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     test.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout")
     test.add_argument("--split", type=user_path, help="split manifest CSV (as written by fit)")
     test.add_argument("--class", dest="class_name", help="one class of a multi-class dataset")
+    test.add_argument(
+        "--batch-size", type=positive_int, help="images per batch and device (default: the training's)"
+    )
+    add_device_options(test)
+    test.add_argument("--num-workers", type=int, help="data loader workers per process (default: 0)")
     test.add_argument("--no-progress", action="store_true", help="no progress output")
     test.set_defaults(handler=_run_test)
 
@@ -305,7 +310,18 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _run_test(args: argparse.Namespace) -> int:
     from pdd.engine import runner
+    from pdd.engine.scoring_loop import Devices
 
+    devices = Devices(
+        accelerator=args.accelerator or "auto",
+        devices=parse_devices(args.devices) or 1,
+        num_nodes=args.num_nodes or 1,
+        strategy=args.strategy or "auto",
+        precision=args.precision or "32-true",
+    )
+    check_hardware(devices.accelerator, devices.precision)
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ConfigError(f"--num-workers: expected a number >= 0, got {args.num_workers}")
     existing_file(args.checkpoint, "checkpoint")
     existing_path(args.data, "data folder")
     if args.split is not None:
@@ -319,9 +335,15 @@ def _run_test(args: argparse.Namespace) -> int:
             format=args.format,
             split_file=args.split,
             class_name=args.class_name,
+            devices=devices,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers or 0,
             progress=not args.no_progress,
         )
-    print(f"run folder: {done}")
+    from pdd.engine.ranks import is_global_zero_from_env
+
+    if is_global_zero_from_env():  # the other processes of a multi-process run stay quiet
+        print(f"run folder: {done}")
     return 0
 
 
@@ -379,7 +401,7 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     if args.seeds is not None:
         cli_values["seeds"] = parse_seeds(args.seeds)
     if args.devices is not None:
-        cli_values["devices"] = _parse_devices(args.devices)
+        cli_values["devices"] = parse_devices(args.devices)
     if args.num_workers is not None:
         cli_values["num_workers"] = _as_count(args.num_workers, "--num-workers")
     values.update({key: value for key, value in cli_values.items() if value is not None})
@@ -405,15 +427,6 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
         check_cache_dir()
     prepare_output_folder(values["out"])
     return FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
-
-
-def _parse_devices(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        return _as_positive_int(int(text), "--devices")
-    except ValueError:
-        raise ConfigError(f"--devices: expected a number or auto, got {text!r}") from None
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

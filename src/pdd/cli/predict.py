@@ -15,13 +15,10 @@ from pdd.cli._common import (
     positive_int,
     user_path,
 )
+from pdd.cli.device_options import add_device_options, parse_devices
 from pdd.errors import ConfigError, DataError
 
 __all__ = ["register"]
-
-ACCELERATORS = ("cpu", "gpu", "auto")
-STRATEGIES = ("ddp", "auto")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,27 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mean-top-3) or max",
     )
     parser.add_argument("--batch-size", type=positive_int, help="images per batch and device (default: 8)")
-    parser.add_argument("--accelerator", choices=ACCELERATORS, help="default: auto")
-    parser.add_argument("--devices", help="devices per node: a number or auto (default: 1)")
-    parser.add_argument("--num-nodes", type=positive_int, help="machines (default: 1)")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="default: auto")
-    parser.add_argument("--precision", choices=PRECISIONS, help="default: 32-true")
+    add_device_options(parser)
     parser.add_argument("--num-workers", type=int, help="data loader workers per process (default: 0)")
     parser.add_argument("--device", help=argparse.SUPPRESS)  # replaced by --accelerator/--devices
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     parser.set_defaults(handler=_run, usage_error=parser.error)
-
-
-def _devices(text: str | None) -> int | str | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"--devices: expected a number or auto, got {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"--devices: expected a number >= 1, got {value}")
-    return value
 
 
 class _Stopped(Exception):
@@ -118,7 +99,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-workers: expected a number >= 0, got {args.num_workers}")
     running = {
         "accelerator": args.accelerator,
-        "devices": _devices(args.devices),
+        "devices": parse_devices(args.devices),
         "num_nodes": args.num_nodes,
         "strategy": args.strategy,
         "batch_size": args.batch_size,

@@ -18,6 +18,7 @@ from pdd.engine import metrics
 from pdd.engine.aggregate import mean_over
 from pdd.engine.run_folder import write_scores
 from pdd.engine.scoring import Scored, Scorer
+from pdd.engine.scoring_loop import LightningScorer
 from pdd.errors import DataError
 from pdd.report.heatmap import save_overlay
 
@@ -28,6 +29,7 @@ __all__ = [
     "class_thresholds",
     "colour_scale",
     "evaluate_test",
+    "score_test",
     "split_record",
     "write_heatmaps",
 ]
@@ -60,8 +62,22 @@ def class_thresholds(samples: Sequence[Sample], scores: np.ndarray) -> dict[str,
     return thresholds
 
 
+def score_test(scorer: Scorer | LightningScorer, split: DatasetSplit) -> Scored | None:
+    """Every test image scored once, with what ``evaluate_test`` needs (maps and masks when there
+    are masks, the overlay inputs of the extremes); None on processes other than global rank 0."""
+    if not split.test:
+        raise DataError(f"{split.root}: no test images")
+    return scorer.score(
+        split.test,
+        "scoring test images",
+        keep_maps=_any_masks(split.test),
+        keep_masks=_any_masks(split.test),
+        extremes=HEATMAPS_PER_END,
+    )
+
+
 def evaluate_test(
-    scorer: Scorer,
+    scored: Scored,
     split: DatasetSplit,
     threshold: float | None,
     map_stats: Mapping[str, float],
@@ -69,22 +85,13 @@ def evaluate_test(
     *,
     class_thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Score every test image; metrics, scores.csv and heatmap overlays in ``folder``.
+    """Metrics of the scored test images; scores.csv and heatmap overlays in ``folder``.
 
     The metrics are over every test image. When the test set holds several classes (a joint
     model), ``classes`` adds each class's metrics from the same scores (and its own threshold from
     ``class_thresholds``) and ``class_mean`` their mean. ``threshold`` None (no held-out normals):
     no sensitivity/specificity, and the record says why.
     """
-    if not split.test:
-        raise DataError(f"{split.root}: no test images")
-    scored = scorer.score(
-        split.test,
-        "scoring test images",
-        keep_maps=_any_masks(split.test),
-        keep_masks=_any_masks(split.test),
-        extremes=HEATMAPS_PER_END,
-    )
     result = _metrics(split.test, scored, range(len(split.test)), threshold)
     names = sorted({s.class_name for s in split.test if s.class_name is not None})
     if len(names) > 1:

@@ -20,13 +20,11 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import yaml
 
 from pdd import __version__, create_model
@@ -39,6 +37,7 @@ from pdd.engine.evaluation import (
     class_thresholds,
     colour_scale,
     evaluate_test,
+    score_test,
     split_record,
 )
 from pdd.engine.loggers import build_loggers
@@ -62,6 +61,7 @@ from pdd.engine.run_folder import (
     write_yaml,
 )
 from pdd.engine.scoring import Scorer
+from pdd.engine.scoring_loop import Devices, LightningScorer
 from pdd.engine.training import TrainData
 from pdd.errors import ConfigError, DataError
 
@@ -111,6 +111,9 @@ def test(
     format: str = "auto",
     split_file: Path | None = None,
     class_name: str | None = None,
+    devices: Devices | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> Path:
     """Evaluate a saved model on a dataset's test split; returns the run folder.
@@ -118,10 +121,14 @@ def test(
     The threshold and heatmap scale are the checkpoint's (chosen on the training run's held-out
     normals; a checkpoint without a threshold is evaluated without decisions, one without a
     colour scale, e.g. imported from the released code, gets one from this dataset's normals).
-    Without
-    ``split_file`` the split is drawn with the checkpoint's training seed, holdout fraction and
-    grouping, so a small set without an official split is tested on exactly the images its
-    training never saw. A joint model is tested on every class (pooled, per class, class mean).
+    Without ``split_file`` the split is drawn with the checkpoint's training seed, holdout
+    fraction and grouping, so a small set without an official split is tested on exactly the
+    images its training never saw. A joint model is tested on every class (pooled, per class,
+    class mean).
+
+    Scoring runs through Lightning's predict loop on ``devices`` (several devices or machines:
+    every process runs this function and scores a disjoint share of the images; global rank 0
+    merges them and writes the folder). ``batch_size`` is per device (default: the training's).
     """
     checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
     model, meta = model_checkpoint.load(checkpoint)
@@ -131,7 +138,8 @@ def test(
         class_name = None  # a joint model is tested on every class, as it was trained
     elif class_name is None:
         class_name = provenance.get("class_name")
-    refuse_existing_run(out)
+    if is_global_zero_from_env():
+        refuse_existing_run(out)
     split = load_dataset(
         data,
         format,
@@ -142,21 +150,32 @@ def test(
         group_by=provenance.get("group_by"),
     )
     image_size = int(meta["config"]["image_size"])
-    batch_size = int(
-        provenance.get("batch_size") or meta["config"]["train"]["batch_size"]
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scorer = Scorer(
-        model.to(device), device, image_size, batch_size, 0, nullcontext, progress
+    if batch_size is None:
+        batch_size = int(provenance.get("batch_size") or meta["config"]["train"]["batch_size"])
+    devices = devices or Devices()
+    scorer = LightningScorer(
+        model,
+        devices,
+        out,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
     )
     started = time.monotonic()
     map_stats, map_stats_from = meta.get("map_stats"), "the checkpoint (its held-out normals)"
+    normals = None
     if map_stats is None:  # an imported checkpoint: display scale from this dataset's normals
-        normals = split.holdout or split.train
-        map_stats = colour_scale(scorer.score(normals, "scoring normals", keep_maps=True))
+        normals = scorer.score(split.holdout or split.train, "scoring normals", keep_maps=True)
+    scored = score_test(scorer, split)
+    if not scorer.is_global_zero:
+        return out
+    assert scored is not None
+    if normals is not None:
+        map_stats = colour_scale(normals)
         map_stats_from = "normals of the tested dataset (the checkpoint has no scale)"
     result = evaluate_test(
-        scorer,
+        scored,
         split,
         meta.get("threshold"),
         map_stats,
@@ -176,6 +195,9 @@ def test(
         "epochs": provenance.get("epochs"),
         "checkpoint": str(checkpoint),
         "trained_on": provenance.get("dataset"),
+        "precision": scorer.precision,
+        "batch_size": batch_size,
+        "world_size": scorer.trainer.world_size,
         "pdd_version": __version__,
         "timing": {"eval_seconds": round(time.monotonic() - started, 3)},
     }
@@ -186,6 +208,9 @@ def test(
         "format": format,
         "split_file": None if split_file is None else str(split_file),
         "class_name": class_name,
+        **dataclasses.asdict(devices),
+        "batch_size": batch_size,
+        "num_workers": num_workers,
     }
     write_yaml(
         out / "config.yaml",
@@ -382,7 +407,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         run.folder / "model.ckpt", model, **calibration.checkpoint_meta(), provenance=provenance
     )
     result = evaluate_test(
-        scorer,
+        score_test(scorer, split),
         split,
         calibration.threshold,
         calibration.map_stats,

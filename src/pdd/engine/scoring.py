@@ -1,10 +1,16 @@
-"""Scoring a list of samples with a trained model: one process, dataset order, each image once."""
+"""Scoring a list of samples with a trained model: one process, dataset order, each image once.
+
+``ScoreCollector`` gathers what one pass keeps (scores, optionally maps and masks, the extreme
+images for overlays); the in-process ``Scorer`` here and the multi-process one in
+``pdd.engine.scoring_loop`` both fill it, so both return the same ``Scored``.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +20,7 @@ from tqdm import tqdm
 
 from pdd.data import ImageDataset, Sample, to_display
 
-__all__ = ["Scored", "Scorer", "extreme_indices"]
+__all__ = ["ScoreCollector", "Scored", "Scorer", "extreme_indices"]
 
 
 @dataclass
@@ -32,6 +38,122 @@ def extreme_indices(
     """The ``count`` highest and ``count`` lowest scoring of ``indices`` (ties: lower index first)."""
     ranked = sorted(indices, key=lambda i: (-scores[i], i))
     return set(ranked[:count]) | set(ranked[-count:])
+
+
+class ScoreCollector:
+    """What one scoring pass over ``count`` images keeps, batch by batch, in any order.
+
+    Maps and masks are kept per batch (a process that scores a share of the images holds only
+    its share); the extremes are trimmed after every batch, so they never hold more than
+    ``2 * extremes`` images plus one batch.
+    """
+
+    def __init__(
+        self, count: int, *, keep_maps: bool = False, keep_masks: bool = False, extremes: int = 0
+    ) -> None:
+        self.count = count
+        self.keep_maps = keep_maps
+        self.keep_masks = keep_masks
+        self.extremes = extremes
+        self.scores = np.full(count, np.nan, dtype=np.float64)
+        self.seen = np.zeros(count, dtype=bool)
+        self.indices: list[np.ndarray] = []
+        self.maps: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(
+        self,
+        index: np.ndarray,
+        scores: np.ndarray,
+        maps: np.ndarray,
+        masks: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+    ) -> None:
+        """One batch: image indices, their scores [B] and maps [B,S,S]; ground-truth masks
+        [B,1,S,S] when masks are kept; model inputs [B,3,S,S] when extremes are kept."""
+        self.scores[index] = scores
+        self.seen[index] = True
+        if self.keep_maps or self.keep_masks:
+            self.indices.append(np.asarray(index))
+        if self.keep_maps:
+            self.maps.append(np.asarray(maps, dtype=np.float32))
+        if self.keep_masks:
+            assert masks is not None
+            self.masks.append(masks[:, 0].cpu().numpy() > 0.5)
+        if self.extremes:
+            assert images is not None
+            for row, i in enumerate(np.asarray(index).tolist()):
+                self.kept[i] = (to_display(images[row]), np.asarray(maps[row]))
+            self._trim()
+
+    def merge(self, other: ScoreCollector) -> None:
+        """Take in another process's collector over the same images."""
+        overlap = self.seen & other.seen
+        if overlap.any():
+            raise RuntimeError(f"{int(overlap.sum())} images were scored by two processes")
+        self.scores[other.seen] = other.scores[other.seen]
+        self.seen |= other.seen
+        self.indices += other.indices
+        self.maps += other.maps
+        self.masks += other.masks
+        self.kept.update(other.kept)
+        self._trim()
+
+    def result(self) -> Scored:
+        """Everything in image order; an image that was never scored is an error, not a NaN."""
+        if not self.seen.all():
+            raise RuntimeError(f"{int((~self.seen).sum())} of {self.count} images were not scored")
+        order = np.concatenate(self.indices) if self.indices else np.zeros(0, dtype=np.int64)
+        return Scored(
+            self.scores,
+            self._in_order(self.maps, order) if self.keep_maps else None,
+            self._in_order(self.masks, order) if self.keep_masks else None,
+            dict(self.kept),
+        )
+
+    def save(self, path: Path) -> None:
+        """This process's share, for the process that merges (``load``)."""
+        kept = sorted(self.kept)
+        np.savez(
+            path,
+            scores=self.scores,
+            seen=self.seen,
+            indices=np.concatenate(self.indices) if self.indices else np.zeros(0, np.int64),
+            maps=np.concatenate(self.maps) if self.maps else np.zeros((0, 0, 0), np.float32),
+            masks=np.concatenate(self.masks) if self.masks else np.zeros((0, 0, 0), bool),
+            kept_index=np.array(kept, dtype=np.int64),
+            kept_image=np.stack([self.kept[i][0] for i in kept]) if kept else np.zeros((0,)),
+            kept_map=np.stack([self.kept[i][1] for i in kept]) if kept else np.zeros((0,)),
+        )
+
+    def load(self, path: Path) -> ScoreCollector:
+        """A collector like this one holding the share ``save`` wrote to ``path``."""
+        other = ScoreCollector(
+            self.count, keep_maps=self.keep_maps, keep_masks=self.keep_masks, extremes=self.extremes
+        )
+        with np.load(path) as part:
+            other.scores, other.seen = part["scores"], part["seen"]
+            if len(part["indices"]):
+                other.indices = [part["indices"]]
+                other.maps = [part["maps"]] if self.keep_maps else []
+                other.masks = [part["masks"]] if self.keep_masks else []
+            other.kept = {
+                int(i): (image, amap)
+                for i, image, amap in zip(part["kept_index"], part["kept_image"], part["kept_map"])
+            }
+        return other
+
+    def _trim(self) -> None:
+        if self.extremes:
+            wanted = extreme_indices(self.scores, list(self.kept), self.extremes)
+            self.kept = {i: self.kept[i] for i in wanted}
+
+    def _in_order(self, parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+        stacked = np.concatenate(parts)
+        result = np.empty((self.count, *stacked.shape[1:]), stacked.dtype)
+        result[order] = stacked
+        return result
 
 
 class Scorer:
@@ -73,19 +195,9 @@ class Scorer:
             shuffle=False,
             num_workers=self.num_workers,
         )
-        scores = np.empty(len(dataset), dtype=np.float64)
-        maps = (
-            np.empty((len(dataset), self.image_size, self.image_size), np.float32)
-            if keep_maps
-            else None
+        collector = ScoreCollector(
+            len(dataset), keep_maps=keep_maps, keep_masks=keep_masks, extremes=extremes
         )
-        masks = (
-            np.empty((len(dataset), self.image_size, self.image_size), bool)
-            if keep_masks
-            else None
-        )
-        seen = np.zeros(len(dataset), dtype=bool)
-        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         with tqdm(
             total=len(dataset),
             desc=description,
@@ -96,23 +208,9 @@ class Scorer:
             for batch in loader:
                 batch_maps, batch_scores = self._forward(batch["image"])
                 index = batch["index"].numpy()
-                scores[index] = batch_scores
-                seen[index] = True
-                if maps is not None:
-                    maps[index] = batch_maps
-                if masks is not None:
-                    masks[index] = batch["mask"][:, 0].numpy() > 0.5
-                if extremes:
-                    for row, i in enumerate(index.tolist()):
-                        kept[i] = (to_display(batch["image"][row]), batch_maps[row])
-                    wanted = extreme_indices(scores, list(kept), extremes)
-                    kept = {i: kept[i] for i in wanted}
+                collector.add(index, batch_scores, batch_maps, batch["mask"], batch["image"])
                 bar.update(len(index))
-        if not seen.all():
-            raise RuntimeError(
-                f"{int((~seen).sum())} of {len(seen)} images were not scored"
-            )
-        return Scored(scores, maps, masks, kept)
+        return collector.result()
 
     def _forward(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode(), self.precision_context():
