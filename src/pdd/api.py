@@ -1,8 +1,8 @@
 """In-process scoring: ``Detector.load(checkpoint).predict(x)`` without writing any file.
 
-Arrays are read the way files are (see ``pdd.data.readers``): 8-bit and 16-bit integers divided by
-their type's maximum, floats already in [0, 1] kept, other types min-max scaled per image, grey
-replicated to three channels, alpha dropped. So an array and the PNG it came from give the same
+Arrays are read the way files are (``pdd.data.image_from_array``): 8-bit and 16-bit integers
+divided by their type's maximum, floats already in [0, 1] kept, other types min-max scaled per
+image, grey replicated to three channels, alpha dropped. So an array and the PNG it came from give the same
 score as ``pdd predict`` (same resize, same normalisation, same model).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union, overload
+from typing import overload
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from pdd.errors import ConfigError, DataError
 
 __all__ = ["Detection", "Detector"]
 
-ImageInput = Union[np.ndarray, str, Path]
+ImageInput = np.ndarray | str | Path
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Detector:
 
 
 def _read(item: ImageInput, position: int, image_size: int) -> np.ndarray:
-    from pdd.data import read_image
+    from pdd.data import image_from_array, read_image
 
     if isinstance(item, (str, Path)):
         return read_image(Path(item), target_size=image_size)  # bounded decoding, as predict
@@ -107,22 +107,3 @@ def _read(item: ImageInput, position: int, image_size: int) -> np.ndarray:
         raise DataError(f"input {position}: expected a NumPy array or a file path, got {type(item).__name__}")
     return image_from_array(item, f"input {position}")
 
-
-def image_from_array(array: np.ndarray, name: str = "array") -> np.ndarray:
-    """An HxW or HxWxC array as float32 HxWx3 in [0, 1], by the readers' rules for raster files."""
-    # The readers' own scaling helpers, so that arrays and files can never drift apart.
-    from pdd.data.readers import _check_size, _scale_raster, _to_rgb
-
-    values = np.asarray(array)
-    if values.ndim == 3 and values.shape[2] in (1, 2):
-        values = values[..., 0]  # grey, or grey + alpha
-    elif values.ndim == 3 and values.shape[2] == 4:
-        values = values[..., :3]  # alpha dropped
-    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[2] != 3):
-        raise DataError(f"{name}: expected HxW or HxWxC (C = 1..4), got shape {array.shape}")
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating) or values.dtype == np.bool_):
-        raise DataError(f"{name}: expected integer or float pixels, got {values.dtype}")
-    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
-        raise DataError(f"{name}: pixel data contains NaN or infinite values")
-    _check_size(Path(name), int(values.shape[0]), int(values.shape[1]))
-    return _to_rgb(_scale_raster(values))

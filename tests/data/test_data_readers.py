@@ -19,7 +19,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pdd.data import MAX_PIXELS, nifti_slice_count, read_image, read_mask
+from pdd.data import (
+    MAX_PIXELS,
+    image_from_array,
+    nifti_slice_count,
+    read_image,
+    read_mask,
+)
 from pdd.data.readers import image_format
 from pdd.data.synthetic import write_dicom, write_nifti
 from pdd.errors import DataError
@@ -78,6 +84,24 @@ def test_rgba_png_drops_alpha_and_keeps_colour(tmp_path: Path) -> None:
     image = read_image(tmp_path / "c.png")
     _check_rgb(image, (16, 20))
     np.testing.assert_allclose(image[0, 0], [1.0, 128 / 255, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["grey16", "rgb8"])
+def test_array_reads_like_the_same_pixels_saved_as_png(tmp_path: Path, kind: str) -> None:
+    """``image_from_array`` and ``read_image`` give identical numbers, so in-process scoring of an
+    array equals ``pdd predict`` of its PNG (a 12-bit CT in 16-bit storage stays dark: /65535)."""
+    rng = np.random.default_rng(0)
+    if kind == "grey16":
+        pixels = rng.integers(0, 4096, (24, 40), dtype=np.uint16)
+    else:
+        pixels = rng.integers(20, 200, (24, 40, 3), dtype=np.uint8)  # not the full range
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    from_file = read_image(tmp_path / "p.png")
+    from_array = image_from_array(pixels)
+    _check_rgb(from_array, (24, 40))
+    np.testing.assert_array_equal(from_array, from_file)
+    rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    np.testing.assert_allclose(from_array, rgb / np.iinfo(pixels.dtype).max, atol=1e-6)
 
 
 def test_png_named_jpg_is_read_by_content(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """One image file -> float32 HxWx3 in [0, 1], whatever medical format it is stored in.
 
+An image already in memory (a NumPy array) is read by the same raster rules with
+:func:`image_from_array`.
+
 Formats are recognised by content, not by extension (real datasets ship PNG files named ``.jpg``).
 Supported: PNG (8/16 bit), JPEG, BMP, TIFF (via tifffile), DICOM (via pydicom) and NIfTI
 (``.nii`` / ``.nii.gz`` via nibabel, one axial slice at a time).
@@ -77,6 +80,7 @@ __all__ = [
     "MIN_SIDE",
     "NIFTI_PERCENTILES",
     "image_format",
+    "image_from_array",
     "nifti_slice_count",
     "read_image",
     "read_mask",
@@ -207,6 +211,32 @@ def read_image(
     else:
         grey_or_rgb = _scale_raster(_read_pil_raw(path, fmt, target_size))
     return _to_rgb(grey_or_rgb)
+
+
+def image_from_array(values: np.ndarray, name: str = "array") -> np.ndarray:
+    """An image already in memory (HxW or HxWxC, C = 1..4) as float32 HxWx3 in [0, 1].
+
+    The raster rules of a file apply (size limits, storage-type scaling, grey to RGB, alpha
+    dropped), so an array and the PNG/TIFF it was saved as read to the same numbers. ``name``
+    stands in for a path in error messages. No bounded decoding: the array is used at full size.
+    """
+    array = np.asarray(values)
+    if array.ndim == 3 and array.shape[2] in (1, 2):
+        array = array[..., 0]  # grey, or grey + alpha
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # alpha dropped
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise DataError(f"{name}: expected HxW or HxWxC (C = 1..4), got shape {np.shape(values)}")
+    if not (
+        np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.floating)
+        or array.dtype == np.bool_
+    ):
+        raise DataError(f"{name}: expected integer or float pixels, got {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise DataError(f"{name}: pixel data contains NaN or infinite values")
+    _check_size(Path(name), int(array.shape[0]), int(array.shape[1]))
+    return _to_rgb(_scale_raster(array))
 
 
 def read_mask(
