@@ -47,7 +47,7 @@ class Detector:
     def load(cls, checkpoint: str | Path, device: str = "cpu") -> Detector:
         """Load ``checkpoint`` (from ``pdd fit``) onto ``device`` (a torch device string)."""
         from pdd.engine.checkpoint import load
-        from pdd.engine.predict import stored_statistics
+        from pdd.engine.predict_rules import stored_statistics
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r}: no CUDA GPU is available to torch; use device='cpu'")

@@ -12,44 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dicom_series import write_series
-from engine_fakes import create_fake
+from engine_fakes import create_fake, forward_log, logged_cli_script
 from PIL import Image
 
 from pdd.data.synthetic import make_phantom, write_nifti
 from pdd.engine import checkpoint
 from pdd.engine.predict import PredictOptions, predict
-
-ENGINE_TESTS = Path(__file__).resolve().parent
-
-
-def _script(tmp_path: Path) -> Path:
-    script = tmp_path / "pdd_logged.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import os, sys, time
-        sys.path.insert(0, {str(ENGINE_TESTS)!r})
-        import engine_fakes
-        engine_fakes.install()
-        original = engine_fakes.FakeModel.forward
-        def forward(self, images):
-            time.sleep(float(os.environ.get("PDD_TEST_FORWARD_SECONDS", "0")))
-            out = original(self, images)
-            with open(os.environ["PDD_TEST_FORWARD_LOG"], "a") as handle:
-                handle.write(f"{{os.getpid()}} {{images.shape[0]}}\\n")
-            return out
-        engine_fakes.FakeModel.forward = forward
-        from pdd.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """)
-    )
-    return script
 
 
 @pytest.fixture
@@ -73,12 +47,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _log(path: Path) -> list[tuple[int, int]]:
-    if not path.is_file():
-        return []
-    return [tuple(int(v) for v in line.split()) for line in path.read_text().splitlines()]  # type: ignore[misc]
-
-
 def _assert_same_results(out: Path, reference: Path) -> None:
     rows, expected = _rows(out / "scores.csv"), _rows(reference / "scores.csv")
     assert [r["path"] for r in rows] == [r["path"] for r in expected]
@@ -96,14 +64,14 @@ def test_two_ddp_processes_score_every_input_once(fake_model: None, data, tmp_pa
     predict(PredictOptions(ckpt, (folder,), single, accelerator="cpu", batch_size=2))
     log = tmp_path / "ddp.log"
     done = subprocess.run(
-        [sys.executable, str(_script(tmp_path)), "predict", "--checkpoint", str(ckpt), str(folder),
+        [sys.executable, str(logged_cli_script(tmp_path)), "predict", "--checkpoint", str(ckpt), str(folder),
          "--out", str(tmp_path / "ddp"), "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
          "--batch-size", "2", "--no-progress"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PDD_TEST_FORWARD_LOG": str(log)},
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    calls = _log(log)
+    calls = forward_log(log)
     assert sum(n for _, n in calls) == total  # each slice through the model exactly once
     assert len({pid for pid, _ in calls}) == 2  # and the work was shared
     _assert_same_results(tmp_path / "ddp", single)
@@ -117,7 +85,7 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
     count), duplicated rows (the merge would differ from the uninterrupted run)."""
     folder, ckpt, total = data
     out, log = tmp_path / "out", tmp_path / "first.log"
-    script = _script(tmp_path)
+    script = logged_cli_script(tmp_path)
     env = {**os.environ, "PDD_TEST_FORWARD_LOG": str(log), "PDD_TEST_FORWARD_SECONDS": "0.4"}
     process = subprocess.Popen(
         [sys.executable, str(script), "predict", "--checkpoint", str(ckpt), str(folder), "--out", str(out),
@@ -125,7 +93,7 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 300
-    while sum(n for _, n in _log(log)) < 6 and time.monotonic() < deadline and process.poll() is None:
+    while sum(n for _, n in forward_log(log)) < 6 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
@@ -150,7 +118,7 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sum(n for _, n in _log(resumed_log)) == total - len(finished)
+    assert sum(n for _, n in forward_log(resumed_log)) == total - len(finished)
     reference = tmp_path / "reference"
     predict(PredictOptions(ckpt, (folder,), reference, accelerator="cpu", batch_size=2))
     _assert_same_results(out, reference)

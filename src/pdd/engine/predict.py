@@ -30,7 +30,6 @@ score rule, stored threshold and decision; ``predict_plan`` the numbered work li
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import warnings
@@ -67,6 +66,7 @@ from pdd.engine.predict_run import (
     write_csv,
 )
 from pdd.engine.ranks import is_global_zero_from_env
+from pdd.engine.scoring_loop import Devices, build_predict_trainer
 from pdd.errors import CheckpointError, ConfigError, DataError, PDDError
 from pdd.fileio import atomic_write_text
 
@@ -148,39 +148,19 @@ def _check_rule_and_batch(options: PredictOptions) -> None:
         raise ConfigError(f"--batch-size: expected a number >= 1, got {options.batch_size}")
 
 
-def _trainer(options: PredictOptions):  # -> L.Trainer
-    """Lightning's Trainer for the predict loop; a device that is not there is a one-line error."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    if options.accelerator == "gpu" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--accelerator gpu: no CUDA GPU is available to torch on this machine; "
-            "use --accelerator cpu (or auto)"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*16-mixed.*is not supported by the CPU")
-            return L.Trainer(
-                accelerator=options.accelerator,
-                devices=options.devices,
-                num_nodes=options.num_nodes,
-                strategy=options.strategy,
-                precision=options.precision,  # type: ignore[arg-type]
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=False,
-                use_distributed_sampler=False,  # scans are assigned to processes by the plan
-                callbacks=[BatchWriter()],
-                default_root_dir=str(options.out / WORK_DIR),
-            )
-    except (MisconfigurationException, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"--accelerator {options.accelerator} --devices {options.devices} "
-            f"--strategy {options.strategy} --precision {options.precision}: {first}"
-        ) from None
+def _trainer(options: PredictOptions) -> L.Trainer:
+    """Lightning's Trainer for the predict loop; scans are assigned to processes by the plan, so
+    Lightning's own sampler is off. A device that is not there is a one-line error."""
+    devices = Devices(
+        accelerator=options.accelerator,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        strategy=options.strategy,
+        precision=options.precision,
+    )
+    return build_predict_trainer(
+        devices, [BatchWriter()], options.out / WORK_DIR, distributed_sampler=False
+    )
 
 
 def _refuse_used_folder(out: Path) -> None:
