@@ -135,13 +135,24 @@ def _pdd_pairs(
     ("preset", "pairs_of"),
     [("rd4ad", _rd4ad_pairs), ("pdd", _pdd_pairs), ("pdd-reference", _pdd_pairs)],
 )
+@pytest.mark.parametrize("wide_convs", ["gemm", "onednn"])
 def test_fast_path_matches_straightforward_path(
     preset: str,
     pairs_of: Callable[..., list[tuple[Tensor, Tensor]]],
     phantoms: Tensor,
     torchvision_wrn: torch.nn.Module,
+    wide_convs: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Maps and scores of ``model(images)`` equal the reference within 1e-4 of the map range."""
+    """Maps and scores of ``model(images)`` equal the reference within 1e-4 of the map range, with
+    the wide small-grid convs on either backend (``conv_backend.prefers_gemm``'s two answers)."""
+    from pdd import conv_backend
+
+    if wide_convs == "onednn":
+        monkeypatch.setattr(conv_backend, "GEMM_MAX_POSITIONS", 0)
+    else:
+        with torch.inference_mode():
+            assert conv_backend.prefers_gemm(torch.zeros(len(phantoms), 1, SIZE // 16, SIZE // 16))
     torch.manual_seed(0)
     model = pdd.create_model(
         preset,

@@ -11,6 +11,7 @@ of the official RD4AD code (both use torchvision's ResNet recipe), rather than P
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Bottleneck",
     "DeBottleneck",
     "DecoderStage",
+    "channels_last",
     "conv_bn",
     "init_as_released",
 ]
@@ -39,6 +41,17 @@ def init_as_released(module: nn.Module) -> None:
         elif isinstance(layer, nn.BatchNorm2d):
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+
+def channels_last(module: nn.Module) -> None:
+    """Store ``module``'s conv weights channels-last, the layout of the teachers' features.
+
+    Values are untouched (same init, same state dict, checkpoints load into it); only the storage
+    order changes, so oneDNN needs no layout conversion of weights or activations between the
+    teacher and the trainable parts. Measured on the AVX-512 CPU (benchmarks/README.md): the
+    training step 10-20 % faster, batch-8 inference 8-19 % faster.
+    """
+    module.to(memory_format=torch.channels_last)
 
 
 def conv_bn(

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from pdd.models import losses
 from pdd.models.base import AnomalyModel
-from pdd.models.blocks import Adapter, DecoderStage, init_as_released
+from pdd.models.blocks import Adapter, DecoderStage, channels_last, init_as_released
 
 __all__ = ["CNN_TEACHER", "PDD", "SSM_TEACHER", "ManifoldPrior", "Student"]
 
@@ -110,6 +110,7 @@ class PDD(AnomalyModel):
         for part in (self.ina, self.mmu, self.prior, self.students):
             if part is not None:
                 init_as_released(part)
+                channels_last(part)
 
     def targets(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         """Distillation targets [f1, f2, f3] and the unified manifold u."""

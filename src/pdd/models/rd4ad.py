@@ -16,10 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pdd.conv_backend import gemm_convolutions
+from pdd.conv_backend import gemm_convolutions, prefers_gemm
 from pdd.models import losses
 from pdd.models.base import AnomalyModel
-from pdd.models.blocks import Bottleneck, DecoderStage, conv_bn, init_as_released
+from pdd.models.blocks import (
+    Bottleneck,
+    DecoderStage,
+    channels_last,
+    conv_bn,
+    init_as_released,
+)
 
 __all__ = ["OCBE", "RD4AD"]
 
@@ -50,8 +56,8 @@ class OCBE(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         y1, y2, y3 = features
         fused = torch.cat([self.reduce1(y1), self.reduce2(y2), y3], dim=1)
-        # 3x3 convs over 1024 channels on a 1/16-1/32 grid: faster outside oneDNN (conv_backend).
-        with gemm_convolutions():
+        # 3x3 convs over 1024 channels on a 1/16-1/32 grid: at batch 1 faster outside oneDNN.
+        with gemm_convolutions(prefers_gemm(fused)):
             return self.blocks(fused)
 
 
@@ -72,8 +78,9 @@ class RD4AD(AnomalyModel):
                 DecoderStage(c2, c1, blocks[2]),
             ]
         )
-        init_as_released(self.bottleneck)
-        init_as_released(self.decoder)
+        for part in (self.bottleneck, self.decoder):
+            init_as_released(part)
+            channels_last(part)
 
     def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher targets [y1, y2, y3] and the decoder's reconstructions, shallow first."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import wide_resnet50_2
 
-from pdd.conv_backend import gemm_convolutions
+from pdd.conv_backend import gemm_convolutions, prefers_gemm
 
 __all__ = ["CHANNELS", "CLASSIFIER_PREFIXES", "STRIDES", "WideResNetFeatures"]
 
@@ -56,7 +56,7 @@ class WideResNetFeatures(nn.Module):
             x = layer(x)
             features.append(x)
         if levels == len(CHANNELS):
-            # 3x3 convs over 1024 channels on a 1/32 grid: faster outside oneDNN (conv_backend).
-            with gemm_convolutions():
+            # 3x3 convs over 1024 channels on a 1/32 grid: at batch 1 faster outside oneDNN.
+            with gemm_convolutions(prefers_gemm(x)):
                 features.append(self.layer4(x))
         return features
