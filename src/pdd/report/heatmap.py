@@ -96,7 +96,7 @@ def panel(
 def to_png_bytes(rgb: npt.NDArray[np.uint8]) -> bytes:
     """Encode a uint8 HxWx3 array as PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
