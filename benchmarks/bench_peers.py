@@ -15,7 +15,7 @@ runs in this one process with the same inputs and thread count, random-initialis
   so that a change in machine load hits all of them alike; the median of ``--repeats`` rounds is
   reported, after one untimed warm-up round. Memory: the peak resident set above the resting one
   during the pass (activations and workspaces; the weights are counted in the parameter column).
-* end to end, files to scores: ``pdd predict`` (a ``pdd`` checkpoint with random teachers, batch 8,
+* end to end, files to scores: ``pdd predict`` (``pdd`` and ``rd4ad`` checkpoints with random teachers, batch 8,
   heatmap overlays written) against anomalib's ``Engine.predict(data_path=...)`` with its RD model
   (its own pre-processing, batch 1 as its file loader gives, result images written), both in this
   process, model loading included, on the first ``--e2e-images`` HeadCT images.
@@ -51,6 +51,8 @@ PASSES = (*(f"infer{batch}" for batch in BATCHES), "train")
 ANOMALIB = "anomalib RD"
 ANOMALIB_OFFICIAL = "anomalib RD, official width"
 OURS = ("rd4ad", "pdd", "pdd-reference")
+# End to end: the flagship, and the same model family as anomalib's RD (the pipelines compared).
+E2E_PRESETS = ("pdd", "rd4ad")
 DEFAULT_HEADCT = Path(__file__).resolve().parents[2] / "shared" / "data" / "headct"
 
 
@@ -265,15 +267,16 @@ def _model_table(entries: list[Entry]) -> str:
     )
 
 
-def _pdd_predict(images: Path, work: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of ``pdd predict`` (in process) on ``images``, checkpoint loading included."""
+def _pdd_predict(images: Path, work: Path, preset: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``pdd predict`` (in process) on ``images`` with a ``preset``
+    checkpoint, checkpoint loading included."""
     import pdd
     from pdd.cli import main
     from pdd.engine import checkpoint
 
-    model = pdd.create_model("pdd", teachers="random", image_size=DEFAULT_SIZE)
+    model = pdd.create_model(preset, teachers="random", image_size=DEFAULT_SIZE)
     ckpt = checkpoint.save(
-        work / "model.ckpt", model, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0}
+        work / f"{preset}.ckpt", model, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0}
     )
     del model
     gc.collect()
@@ -284,7 +287,7 @@ def _pdd_predict(images: Path, work: Path) -> tuple[float, float]:
             "--checkpoint",
             str(ckpt),
             "--out",
-            str(work / "pdd"),
+            str(work / preset),
             "--no-progress",
             str(images),
         ]
@@ -325,10 +328,13 @@ def _end_to_end(headct: Path, count: int) -> str:
         images.mkdir()
         for path in files:
             shutil.copy(path, images / path.name)
-        ours = _pdd_predict(images, work)
+        ours = {preset: _pdd_predict(images, work, preset) for preset in E2E_PRESETS}
         theirs = _anomalib_predict(images, work)
     n = len(files)
-    rows = [["pdd predict (pdd preset, batch 8)", *_e2e_cells(n, ours, theirs)]]
+    rows = [
+        [f"pdd predict ({preset} preset, batch 8)", *_e2e_cells(n, ours[preset], theirs)]
+        for preset in E2E_PRESETS
+    ]
     if theirs is None:
         rows.append([ANOMALIB, "skipped: anomalib not importable", "", "", ""])
     else:
