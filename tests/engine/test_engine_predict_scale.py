@@ -78,6 +78,15 @@ def test_two_ddp_processes_score_every_input_once(fake_model: None, data, tmp_pa
     assert "images/s" in done.stdout and done.stdout.count("scored") == 1  # rank 0 reports alone
 
 
+def _finished(out: Path) -> set[int]:
+    """Inputs a killed run saved: complete rows of its part files, per-slice maps of open scans."""
+    work = out / ".partial"
+    finished: set[int] = set()
+    for part in work.glob("scores-*.csv"):
+        finished |= {int(line.split(",")[0]) for line in part.read_text().splitlines(keepends=True) if line.endswith("\n")}
+    return finished | {int(p.stem) for p in work.glob("slices/*/*.npz")}
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: Path, stop: int) -> None:
     """SIGKILL (cut-off part files) and SIGTERM (exit 143 naming the resume command).
@@ -104,11 +113,7 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
             f"continue with `pdd predict --resume {out}`"
         )
     assert not (out / "scores.csv").exists(), "the run finished before it could be killed"
-    work = out / ".partial"
-    finished: set[int] = set()
-    for part in work.glob("scores-*.csv"):
-        finished |= {int(line.split(",")[0]) for line in part.read_text().splitlines(keepends=True) if line.endswith("\n")}
-    finished |= {int(p.stem) for p in work.glob("slices/*/*.npz")}
+    finished = _finished(out)
     assert 0 < len(finished) < total
 
     resumed_log = tmp_path / "resumed.log"
@@ -122,3 +127,57 @@ def test_killed_run_resumes_without_rescoring(fake_model: None, data, tmp_path: 
     reference = tmp_path / "reference"
     predict(PredictOptions(ckpt, (folder,), reference, accelerator="cpu", batch_size=2))
     _assert_same_results(out, reference)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _two_nodes(script: Path, arguments: list[str], log: Path, **env: str) -> list[subprocess.Popen]:
+    """Two one-process "machines" on this host, as a cluster launcher starts them (SLURM, torchrun:
+    the rank variables set from outside); they share the output folder as nodes share a file system."""
+    common = {**os.environ, **env, "PDD_TEST_FORWARD_LOG": str(log), "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}  # fmt: skip
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), "predict", *arguments, "--accelerator", "cpu", "--devices", "1",
+             "--num-nodes", "2", "--strategy", "ddp", "--no-progress"],
+            env={**common, "NODE_RANK": str(node)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for node in (0, 1)
+    ]
+
+
+def test_two_node_run_killed_and_resumed_scores_each_input_once(fake_model: None, data, tmp_path: Path) -> None:
+    """A multi-node run whose every process is killed part-way continues on two nodes again: no
+    input is scored twice across both attempts, and the results equal an uninterrupted run."""
+    folder, ckpt, total = data
+    out, log = tmp_path / "out", tmp_path / "first.log"
+    script = logged_cli_script(tmp_path)
+    nodes = _two_nodes(script, ["--checkpoint", str(ckpt), str(folder), "--out", str(out), "--batch-size", "1"],
+                       log, PDD_TEST_FORWARD_SECONDS="0.4")  # fmt: skip
+    deadline = time.monotonic() + 300
+    while sum(n for _, n in forward_log(log)) < 6 and time.monotonic() < deadline:
+        assert all(node.poll() is None for node in nodes), [node.communicate()[1][-2000:] for node in nodes]
+        time.sleep(0.1)
+    assert len({pid for pid, _ in forward_log(log)}) == 2  # both nodes were scoring
+    for node in nodes:
+        node.kill()
+        node.communicate(timeout=60)
+    assert not (out / "scores.csv").exists(), "the run finished before it could be killed"
+    finished = _finished(out)
+    assert 0 < len(finished) < total
+
+    resumed_log = tmp_path / "resumed.log"
+    nodes = _two_nodes(script, ["--resume", str(out)], resumed_log)
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(n for _, n in forward_log(resumed_log)) == total - len(finished)
+    reference = tmp_path / "reference"
+    predict(PredictOptions(ckpt, (folder,), reference, accelerator="cpu", batch_size=2))
+    _assert_same_results(out, reference)
+    assert outputs[0][0].count("scored") == 1 and "scored" not in outputs[1][0]
