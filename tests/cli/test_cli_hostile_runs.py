@@ -524,3 +524,29 @@ def test_a_full_disk_while_fitting_is_one_line_naming_the_file(
     assert lines[0].startswith(f"error: {out / 'training_state.ckpt'}: cannot write: ")
     assert "No space left on device" in lines[0]
     assert _empty_or_absent(out)  # nothing resumable was saved: the rerun is not blocked
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--devices", "abc"], "error: --devices: expected a number or auto, got 'abc'"),
+        (["--devices", "0"], "error: --devices: expected a number >= 1, got 0"),
+        (["--precision", "16-mixed", "--accelerator", "cpu"],
+         "error: --precision 16-mixed: float16 mixed precision needs a GPU"),
+        (["--num-workers", "-1"], "error: --num-workers: expected a number >= 0, got -1"),
+    ],
+    ids=["devices-text", "devices-zero", "fp16-cpu", "workers-negative"],
+)
+def test_test_device_options_fail_in_one_line_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str
+) -> None:
+    """`pdd test` takes fit's device options and checks them the same way, before it reads the
+    checkpoint (a placeholder file here: reaching it would be a different error)."""
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not read")
+    out = tmp_path / "tested"
+    argv = ["test", "--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(out), *extra]
+    assert main(argv) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert _empty_or_absent(out)
