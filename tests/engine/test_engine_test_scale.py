@@ -25,7 +25,7 @@ from pdd.engine import checkpoint, runner
 from pdd.engine.scoring_loop import Devices
 
 # What may differ between a one- and a two-process run of the same evaluation.
-RUN_DETAILS = ("timing", "world_size")
+RUN_DETAILS = ("timing", "world_size")  # timing: seconds and images/s
 
 
 def _flat(value: object, prefix: str = "") -> dict[str, object]:
@@ -84,6 +84,8 @@ def test_two_ddp_processes_test_every_image_once(
     assert all((ddp / r["heatmap"]).is_file() for r in rows if r["heatmap"])
     assert not (ddp / ".scoring").exists()
     assert done.stdout.count("run folder:") == 1  # rank 0 reports alone
+    assert done.stdout.count("throughput:") == 1 and "images/s" in done.stdout
+    assert metrics["timing"]["images_scored"] == metrics["num_test"] + normals
 
 
 def test_test_records_the_devices_and_precision_it_ran_with(

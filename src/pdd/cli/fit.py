@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,6 +344,11 @@ def _run_test(args: argparse.Namespace) -> int:
     from pdd.engine.ranks import is_global_zero_from_env
 
     if is_global_zero_from_env():  # the other processes of a multi-process run stay quiet
+        timing = json.loads((done / "metrics.json").read_text(encoding="utf-8"))["timing"]
+        print(
+            f"throughput: {timing['images_scored']} images scored and evaluated in "
+            f"{timing['eval_seconds']:.1f} s ({timing['images_per_second']:.2f} images/s)"
+        )
         print(f"run folder: {done}")
     return 0
 

@@ -199,7 +199,9 @@ def test(
         "batch_size": batch_size,
         "world_size": scorer.trainer.world_size,
         "pdd_version": __version__,
-        "timing": {"eval_seconds": round(time.monotonic() - started, 3)},
+        "timing": _scoring_timing(
+            time.monotonic() - started, len(split.test) + (0 if normals is None else len(normals.scores))
+        ),
     }
     split.write_manifest(out / "split.csv")
     options = {
@@ -219,6 +221,15 @@ def test(
     write_json(out / "metrics.json", record)
     write_report(out)
     return out
+
+
+def _scoring_timing(seconds: float, images: int) -> dict[str, float | int]:
+    """How long `pdd test` took to score and evaluate, and its throughput (all processes)."""
+    return {
+        "eval_seconds": round(seconds, 3),
+        "images_scored": images,
+        "images_per_second": round(images / seconds, 3) if seconds > 0 else 0.0,
+    }
 
 
 # --------------------------------------------------------------------------- sub-runs
