@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -66,7 +65,7 @@ from pdd.engine.predict_run import (
     write_csv,
 )
 from pdd.engine.ranks import is_global_zero_from_env
-from pdd.engine.scoring_loop import Devices, build_predict_trainer
+from pdd.engine.scoring_loop import Devices, build_predict_trainer, quiet_predict_loop
 from pdd.errors import CheckpointError, ConfigError, DataError, PDDError
 from pdd.fileio import atomic_write_text
 
@@ -312,12 +311,7 @@ def _execute(
     writer = next(c for c in trainer.callbacks if isinstance(c, BatchWriter))
     writer.context = context
     started = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-        warnings.filterwarnings("ignore", message=r".*does not have many workers")
-        warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
-        warnings.filterwarnings("ignore", message=r"predict returned None")
+    with quiet_predict_loop():
         trainer.predict(ScoringModule(model), datamodule=PredictData(context), return_predictions=False)
     writer.close(trainer.global_rank)
     context.precision_used = str(trainer.precision)

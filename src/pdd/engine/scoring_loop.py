@@ -9,11 +9,12 @@ be), and global rank 0 merges the shares after a barrier. Only rank 0 gets the r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from pdd.data import ImageDataset, Sample
 from pdd.engine.scoring import ScoreCollector, Scored
 from pdd.errors import ConfigError
 
-__all__ = ["Devices", "LightningScorer", "build_predict_trainer"]
+__all__ = ["Devices", "LightningScorer", "build_predict_trainer", "quiet_predict_loop"]
 
 WORK_DIR = ".scoring"
 
@@ -80,6 +81,20 @@ def build_predict_trainer(
             f"--accelerator {devices.accelerator} --devices {devices.devices} "
             f"--strategy {devices.strategy} --precision {devices.precision}: {first}"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet_predict_loop() -> Iterator[None]:
+    """Lightning's predict-loop warnings that say nothing to our users: frozen teachers are in
+    eval mode on purpose, workers are the user's choice, a process may get no batch, a step may
+    return nothing (every batch of a share unreadable), and torch's deprecation inside Lightning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        warnings.filterwarnings("ignore", message=r".*does not have many workers")
+        warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
+        warnings.filterwarnings("ignore", message=r"predict returned None")
+        yield
 
 
 class LightningScorer:
@@ -141,11 +156,7 @@ class LightningScorer:
             shuffle=False,
             num_workers=self.num_workers,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers")
-            warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
+        with quiet_predict_loop():
             self.trainer.predict(_Forward(self.model), dataloaders=loader, return_predictions=False)
         self._collecting.stop()
         return self._gather(collector)
