@@ -273,7 +273,7 @@ def _pdd_predict(images: Path, work: Path, preset: str) -> tuple[float, float]:
     checkpoint, checkpoint loading included."""
     import pdd
     from pdd.cli import main
-    from pdd.engine import checkpoint
+    from pdd.runs import checkpoint
 
     model = pdd.create_model(preset, teachers="random", image_size=DEFAULT_SIZE)
     ckpt = checkpoint.save(

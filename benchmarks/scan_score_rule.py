@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pdd.data.synthetic import make_phantom, make_phantom_dataset, write_nifti
-from pdd.engine.predict import scan_score
+from pdd.prediction.predict import scan_score
 
 RULES = ("max", "mean-top-2", "mean-top-3", "mean-top-5")
 EXTENTS = (1, 3, 6)

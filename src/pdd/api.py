@@ -46,8 +46,8 @@ class Detector:
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "cpu") -> Detector:
         """Load ``checkpoint`` (from ``pdd fit``) onto ``device`` (a torch device string)."""
-        from pdd.engine.checkpoint import load
-        from pdd.engine.predict_rules import stored_statistics
+        from pdd.prediction.rules import stored_statistics
+        from pdd.runs.checkpoint import load
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r}: no CUDA GPU is available to torch; use device='cpu'")
@@ -79,7 +79,7 @@ class Detector:
 
     def _score(self, images: list[np.ndarray]) -> list[Detection]:
         from pdd.data import to_model_input
-        from pdd.engine.scan_maps import map_at_size
+        from pdd.prediction.scan_maps import map_at_size
 
         batch = torch.stack([to_model_input(image, self.image_size) for image in images])
         with torch.inference_mode():

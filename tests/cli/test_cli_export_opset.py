@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pdd import export
 from pdd.cli import main
-from pdd.engine import export
 
 
 @pytest.mark.parametrize("opset", ["0", "-3", "17", "x"])

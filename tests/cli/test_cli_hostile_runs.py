@@ -21,7 +21,7 @@ import torch
 
 from pdd.cli import main
 from pdd.cli.signals import Interrupted, interruptible
-from pdd.engine.run_lock import LOCK_NAME, run_lock
+from pdd.runs.lock import LOCK_NAME, run_lock
 
 ENGINE_TESTS = Path(__file__).resolve().parents[1] / "engine"
 sys.path.insert(0, str(ENGINE_TESTS))
@@ -40,7 +40,7 @@ def _install_fake(patch: pytest.MonkeyPatch) -> None:
     """`pdd fit --preset fake` builds engine_fakes.FakeModel (the CLI's preset checks stand aside)."""
     from pdd import models
     from pdd.cli import fit as fit_cli
-    from pdd.engine import runner
+    from pdd.training import runner
 
     create_model = engine_fakes.fake_router(models.create_model)
     patch.setattr(models, "create_model", create_model)
@@ -187,21 +187,22 @@ def test_a_fit_failing_before_training_does_not_block_its_rerun(
     Kills: removing ``_clear`` in ``guarded_run`` (the rerun is refused: "holds a run")."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from pdd.engine import training
+    from pdd.training import runner
+    from pdd.training.trainer import build_trainer
 
     out = tmp_path / "run"
-    real_build = training.build_trainer
+    real_build = build_trainer
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise MisconfigurationException("No supported gpu backend found!")
 
-    monkeypatch.setattr(training, "build_trainer", refuse)
+    monkeypatch.setattr(runner, "build_trainer", refuse)
     argv = ["fit", "--data", str(tiny_data), "--out", str(out), *FAKE]
     assert main(argv) == 1
     assert _err_lines(capsys) == ["error: pdd fit: No supported gpu backend found!"]
     assert _empty_or_absent(out)
 
-    monkeypatch.setattr(training, "build_trainer", real_build)
+    monkeypatch.setattr(runner, "build_trainer", real_build)
     out.mkdir(exist_ok=True)
     (out / LOCK_NAME).write_text("999999999\n")  # left by a killed run: no process holds it
     assert main(argv) == 0, capsys.readouterr().err
@@ -236,7 +237,7 @@ def test_two_processes_cannot_hold_one_folder(tmp_path: Path) -> None:
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from pdd.engine.run_lock import run_lock
+            from pdd.runs.lock import run_lock
             with run_lock(Path({str(out)!r})):
                 print("held", flush=True)
                 sys.stdin.readline()
@@ -289,7 +290,7 @@ def test_interrupted_before_training_empties_the_folder(
 ) -> None:
     """Case 11 (fit, nothing resumable yet): exit 130, one line naming the folder, and the folder
     holds nothing that blocks running the same command again."""
-    from pdd.engine import runner
+    from pdd.training import runner
 
     def stopped_early(options: Any) -> Path:
         (options.out / "config.yaml").write_text("options: {}\n")
@@ -313,7 +314,7 @@ def test_pdd_test_stopped_by_sigterm_leaves_nothing_that_looks_complete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Case 11 (test): 143 and a message naming the folder; partial scores are removed."""
-    from pdd.engine import runner
+    from pdd.training import runner
 
     def stopped(checkpoint: Path, data: Path, out: Path, **kwargs: Any) -> Path:
         (out / "scores.csv").write_text("path,label,score\n")
@@ -451,7 +452,7 @@ def test_a_non_checkpoint_never_suggests_weights_only_false(
 def test_a_duplicate_key_in_a_benchmark_suite_is_named(tmp_path: Path) -> None:
     """Case 8 for `pdd benchmark` suite files, read by the same loader.
     Kills: reading suites with ``yaml.safe_load`` again."""
-    from pdd.engine.suite import load_suite
+    from pdd.benchmark.suite import load_suite
     from pdd.errors import ConfigError
 
     suite = tmp_path / "grid.yaml"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pdd.cli import main
-from pdd.engine import checkpoint
 from pdd.models.released import released_key_map
+from pdd.runs import checkpoint
 
 
 @pytest.fixture(scope="module")

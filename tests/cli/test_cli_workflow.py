@@ -115,7 +115,7 @@ def test_export_command(
     fitted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The command's wiring; the export itself is exercised for real in test_engine_export.py."""
-    from pdd.engine import export
+    from pdd import export
 
     seen: dict[str, object] = {}
 

@@ -19,7 +19,7 @@ import engine_fakes
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """``create_model("fake", ...)`` builds ``engine_fakes.FakeModel`` for this test."""
     from pdd import models
-    from pdd.engine import runner
+    from pdd.training import runner
 
     create_model = engine_fakes.fake_router(models.create_model)
     monkeypatch.setattr(models, "create_model", create_model)
@@ -62,7 +62,7 @@ SMALL_VMAMBA = engine_fakes.SMALL_VMAMBA
 def real_options():
     """``real_options(preset, data, out, **changes)``: FitOptions of a REAL preset at test size
     (random teachers, small VMamba, 32 px, 1 epoch, batch 8, CPU, quiet)."""
-    from pdd.engine.options import FitOptions
+    from pdd.training.options import FitOptions
 
     def build(preset: str, data: Path, out: Path, **changes: object) -> FitOptions:
         values: dict[str, object] = {

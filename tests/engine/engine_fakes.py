@@ -152,7 +152,7 @@ def fake_router(real: Any) -> Any:
 def install() -> None:
     """Route ``create_model("fake", ...)`` to ``FakeModel`` in the runner and checkpoint loader."""
     from pdd import models
-    from pdd.engine import runner
+    from pdd.training import runner
 
     if getattr(models.create_model, "is_fake_router", False):
         return

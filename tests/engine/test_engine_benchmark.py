@@ -23,15 +23,17 @@ import yaml
 from engine_fakes import read_metrics
 from lightning.pytorch.callbacks import Callback
 
+from pdd.benchmark import grid as benchmark
+from pdd.benchmark.grid import run_benchmark
+from pdd.benchmark.suite import Suite, load_suite
 from pdd.config import resolve_config
-from pdd.engine import benchmark, runner, training
-from pdd.engine.benchmark import run_benchmark
-from pdd.engine.suite import Suite, load_suite
 from pdd.errors import ConfigError
+from pdd.training import runner
+from pdd.training.trainer import build_trainer
 
 FAKES = {"fake": {}, "fake-b": {"train": {"lr": 1.0e-3}}}
 """Two stand-in presets: the fake model with two learning rates."""
-BUILD_TRAINER = training.build_trainer
+BUILD_TRAINER = build_trainer
 
 
 def check_model(preset: str, overrides: Mapping[str, Any]) -> object:
@@ -60,7 +62,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         built.append(1)
         return BUILD_TRAINER(*args, **kwargs)
 
-    monkeypatch.setattr(training, "build_trainer", counting)
+    monkeypatch.setattr(runner, "build_trainer", counting)
     return built
 
 
@@ -200,7 +202,7 @@ def test_an_interrupted_cell_is_resumed_and_finished_cells_kept(
         datasets=[{"name": "a", "data": str(two_sets[0])}],
     )
     out = tmp_path / "bench"
-    counting = training.build_trainer
+    counting = runner.build_trainer
 
     def crash_second(*args: Any, **kwargs: Any) -> Any:
         trainer = counting(*args, **kwargs)
@@ -208,7 +210,7 @@ def test_an_interrupted_cell_is_resumed_and_finished_cells_kept(
             trainer.callbacks.append(CrashAfterStep())
         return trainer
 
-    monkeypatch.setattr(training, "build_trainer", crash_second)
+    monkeypatch.setattr(runner, "build_trainer", crash_second)
     # Save the training state every step, so the kill leaves one to resume from.
     monkeypatch.setattr(
         benchmark, "fit_options", _with({"checkpoint_every_n_steps": 1}, benchmark.fit_options)
@@ -219,7 +221,7 @@ def test_an_interrupted_cell_is_resumed_and_finished_cells_kept(
     stamp = first.stat().st_mtime_ns
     assert (out / "runs/a/fake-b" / runner.TRAINING_STATE).is_file()
 
-    monkeypatch.setattr(training, "build_trainer", counting)
+    monkeypatch.setattr(runner, "build_trainer", counting)
     log: list[str] = []
     run_benchmark(load(suite_file), out, log=log.append)
     assert log == [
@@ -332,7 +334,7 @@ def test_a_joint_set_reports_pooled_and_class_mean_rows(fakes: list[int], tmp_pa
 
 def test_each_cell_fits_with_the_suites_settings(tmp_path: Path) -> None:
     """Kills: ``joint``, a class, the split file or a shared setting not reaching ``fit``."""
-    from pdd.engine.benchmark import RunSettings, fit_options, plan
+    from pdd.benchmark.grid import RunSettings, fit_options, plan
 
     for name in ("one", "uni"):
         (tmp_path / name).mkdir()
@@ -386,7 +388,7 @@ def test_joint_rows_read_pooled_metrics_and_the_class_mean_over_seeds(tmp_path: 
     Kills: the class-mean row averaging the pooled values, a sample (ddof=1) instead of the
     runner's population std, the published numbers attached to the pooled row.
     """
-    from pdd.engine.benchmark import collect_results, plan
+    from pdd.benchmark.grid import collect_results, plan
 
     (tmp_path / "uni").mkdir()
     suite = load(
@@ -535,7 +537,7 @@ def test_cli_runs_real_presets_and_reruns_without_training(
         built.append(1)
         return BUILD_TRAINER(*args, **kwargs)
 
-    monkeypatch.setattr(training, "build_trainer", counting)
+    monkeypatch.setattr(runner, "build_trainer", counting)
     make_phantom_dataset(
         tmp_path / "data" / "tiny", n_train=10, n_test_normal=2, n_test_abnormal=2, size=64
     )

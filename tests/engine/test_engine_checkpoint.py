@@ -10,8 +10,8 @@ import pytest
 import torch
 from engine_fakes import create_fake
 
-from pdd.engine import checkpoint
 from pdd.errors import CheckpointError
+from pdd.runs import checkpoint
 
 META = {
     "threshold": 0.25,

@@ -12,8 +12,9 @@ import pytest
 from engine_fakes import read_metrics, read_scores
 from lightning.pytorch.strategies import DDPStrategy
 
-from pdd.engine import runner, training
-from pdd.engine.runner import FitOptions, fit
+from pdd.training import runner
+from pdd.training.runner import FitOptions, fit
+from pdd.training.trainer import AtomicCheckpointIO, build_trainer
 
 ENGINE_TESTS = Path(__file__).resolve().parent
 
@@ -30,11 +31,11 @@ def test_options_map_onto_the_trainer(tmp_path: Path) -> None:
         checkpoint_every_n_steps=5,
         progress=False,
     )
-    trainer = training.build_trainer(options, tmp_path / runner.TRAINING_STATE, epochs=7)
+    trainer = build_trainer(options, tmp_path / runner.TRAINING_STATE, epochs=7)
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.num_devices == 2 and trainer.num_nodes == 1
     assert trainer.precision == "bf16-mixed" and trainer.max_epochs == 7
-    assert isinstance(trainer.strategy.checkpoint_io, training.AtomicCheckpointIO)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_bf16_mixed_precision_trains_and_evaluates(
@@ -72,7 +73,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
         sys.path.insert(0, {str(ENGINE_TESTS)!r})
         import engine_fakes
         engine_fakes.install()
-        from pdd.engine.runner import FitOptions, fit
+        from pdd.training.runner import FitOptions, fit
         fit(FitOptions(data=Path({str(phantoms)!r}), out=Path({str(ddp_out)!r}), preset="fake",
                        teachers="random", accelerator="cpu", devices=2, strategy="ddp",
                        batch_size=2, epochs=2, model_overrides={{"norm": "none"}},

@@ -1,4 +1,4 @@
-"""`pdd.engine.export`: the whole model as ONNX, run with onnxruntime, compared with PyTorch.
+"""`pdd.export`: the whole model as ONNX, run with onnxruntime, compared with PyTorch.
 
 Tolerance: on real phantom images, |ONNX - PyTorch| <= 1e-4 * max|PyTorch| for maps and scores
 (float32 graphs that differ only in operation order agree to ~1e-6 relative here).
@@ -17,10 +17,12 @@ import torch
 from pdd import create_model
 from pdd.data import to_model_input
 from pdd.data.synthetic import make_phantom
-from pdd.engine import checkpoint
-from pdd.engine.export import DEFAULT_OPSET, export_onnx
-from pdd.teachers.selective_scan import selective_scan_traceable
-from pdd.teachers.selective_scan import selective_scan_reference
+from pdd.export import DEFAULT_OPSET, export_onnx
+from pdd.runs import checkpoint
+from pdd.teachers.selective_scan import (
+    selective_scan_reference,
+    selective_scan_traceable,
+)
 
 SMALL = {
     "teachers": "random",

@@ -21,10 +21,16 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from pdd.cli import main
 from pdd.data import load_dataset
 from pdd.data.synthetic import make_phantom_dataset
-from pdd.engine import loggers, runner, training
-from pdd.engine.checkpoint import load
-from pdd.engine.runner import FitOptions, fit
 from pdd.errors import ConfigError
+from pdd.runs.checkpoint import load
+from pdd.training import loggers, runner
+from pdd.training.runner import FitOptions, fit
+from pdd.training.trainer import (
+    TrainData,
+    accumulation,
+    build_trainer,
+    planned_global_batch,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +187,13 @@ def test_pdd_reference_runs_the_released_global_batch_of_20(tmp_path: Path) -> N
     assert (train["batch_size"], train["accumulate_grad_batches"]) == (10, 2)
     assert resolve_config("pdd", {})["train"].get("accumulate_grad_batches", 1) == 1
     options = fake_options(tmp_path, tmp_path / "out")
-    trainer = training.build_trainer(options, tmp_path / "state.ckpt", 1, accumulate=2)
+    trainer = build_trainer(options, tmp_path / "state.ckpt", 1, accumulate=2)
     assert trainer.accumulate_grad_batches == 2
-    assert training.accumulation(2, 2) == 1
-    assert training.accumulation(2, 1) == 2
-    assert training.planned_global_batch(options, train) == 20
+    assert accumulation(2, 2) == 1
+    assert accumulation(2, 1) == 2
+    assert planned_global_batch(options, train) == 20
     two = fake_options(tmp_path, tmp_path / "out", devices=2)
-    assert training.planned_global_batch(two, train) == 20
+    assert planned_global_batch(two, train) == 20
 
 
 class _GradientCapture(Callback):
@@ -219,7 +225,7 @@ def test_one_accumulated_step_equals_one_batch_of_20(tmp_path: Path) -> None:
     with plain PyTorch, no Lightning). Kills: accumulated losses summed instead of averaged, an
     optimiser step after every batch."""
     from pdd import create_model
-    from pdd.engine.module import AnomalyModule
+    from pdd.training.module import AnomalyModule
 
     data = make_phantom_dataset(
         tmp_path / "data", n_train=20, n_test_normal=1, n_test_abnormal=1, size=32, seed=1
@@ -236,9 +242,9 @@ def test_one_accumulated_step_equals_one_batch_of_20(tmp_path: Path) -> None:
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     capture = _GradientCapture()
     options = fake_options(data, tmp_path / "run", precision="64-true")
-    trainer = training.build_trainer(options, tmp_path / "state.ckpt", 1, accumulate=2)
+    trainer = build_trainer(options, tmp_path / "state.ckpt", 1, accumulate=2)
     trainer.callbacks.append(capture)
-    trainer.fit(AnomalyModule(model), datamodule=training.TrainData(samples, 32, 10, 0, 0))
+    trainer.fit(AnomalyModule(model), datamodule=TrainData(samples, 32, 10, 0, 0))
     assert trainer.global_step == 1  # 20 images, batch 10, 2 batches per step
     assert capture.gradients
 
@@ -323,7 +329,9 @@ def test_optional_loggers_record_the_training_loss(
     out = fit(fake_options(phantoms, tmp_path / "run", logger=kind))
     assert loggers.read_step_losses(out)  # the CSV log is always there
     if kind == "tensorboard":
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         (events,) = (out / "logs").rglob("events.out.tfevents.*")
         accumulator = EventAccumulator(str(events))

@@ -9,11 +9,15 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
-from pdd.engine import metrics
-from pdd.engine.metrics import MetricError
 from pdd.errors import PDDError
+from pdd.evaluation import metrics
+from pdd.evaluation.metrics import MetricError
 
 # --------------------------------------------------------------------------- references
 

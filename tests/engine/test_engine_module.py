@@ -12,8 +12,8 @@ from engine_fakes import create_fake
 from torch.utils.data import DataLoader, Dataset
 
 from pdd.config import resolve_config
-from pdd.engine.module import AnomalyModule, build_optimizer
 from pdd.errors import ConfigError
+from pdd.training.module import AnomalyModule, build_optimizer
 
 
 class RandomImages(Dataset):

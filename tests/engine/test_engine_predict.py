@@ -1,4 +1,4 @@
-"""`pdd.engine.predict`: PNG, DICOM series and NIfTI volumes -> scores.csv, volumes.csv, maps.
+"""`pdd.prediction.predict`: PNG, DICOM series and NIfTI volumes -> scores.csv, volumes.csv, maps.
 
 The checkpoint holds the tiny ``fake`` model (engine_fakes) with a threshold placed between the
 inputs' scores, so both decisions occur. Scores are checked against the model run directly on
@@ -26,10 +26,10 @@ from pdd import Detector
 from pdd.cli import main
 from pdd.data import read_image, to_model_input
 from pdd.data.synthetic import make_phantom, write_dicom, write_nifti
-from pdd.engine import checkpoint
-from pdd.engine.predict import PredictOptions, predict, resume, scan_score
 from pdd.errors import ConfigError, DataError, PDDError
+from pdd.prediction.predict import PredictOptions, predict, resume, scan_score
 from pdd.report.heatmap import overlay
+from pdd.runs import checkpoint
 
 VMIN, VMAX = 0.5, 3.0
 AFFINE = np.array(

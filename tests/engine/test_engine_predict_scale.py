@@ -22,8 +22,8 @@ from engine_fakes import create_fake, forward_log, logged_cli_script
 from PIL import Image
 
 from pdd.data.synthetic import make_phantom, write_nifti
-from pdd.engine import checkpoint
-from pdd.engine.predict import PredictOptions, predict
+from pdd.prediction.predict import PredictOptions, predict
+from pdd.runs import checkpoint
 
 
 @pytest.fixture

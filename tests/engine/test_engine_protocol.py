@@ -38,9 +38,9 @@ from pdd.data import (
     read_manifest,
     to_model_input,
 )
-from pdd.engine import runner
-from pdd.engine.checkpoint import load
-from pdd.engine.runner import FitOptions, fit
+from pdd.runs.checkpoint import load
+from pdd.training import runner
+from pdd.training.runner import FitOptions, fit
 
 CLASSES = ("a", "b")
 SMALL_MODEL = {

@@ -18,12 +18,13 @@ import torch
 from engine_fakes import read_metrics, without_timing
 from lightning.pytorch.callbacks import Callback
 
-from pdd.engine import runner, training
-from pdd.engine.runner import FitOptions, fit, resume
 from pdd.errors import ConfigError
+from pdd.training import runner
+from pdd.training.runner import FitOptions, fit, resume
+from pdd.training.trainer import build_trainer
 
 ENGINE_TESTS = Path(__file__).resolve().parent
-TRAINER = training.build_trainer
+TRAINER = build_trainer
 
 
 class Crash(RuntimeError):
@@ -70,7 +71,7 @@ def crash_at(
         built.append(trainer)
         return trainer
 
-    monkeypatch.setattr(training, "build_trainer", trainer_with_crash)
+    monkeypatch.setattr(runner, "build_trainer", trainer_with_crash)
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
@@ -124,7 +125,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         fit(options(phantoms, out))
     state = torch.load(out / runner.TRAINING_STATE, weights_only=True)
     assert state["global_step"] == step
-    monkeypatch.setattr(training, "build_trainer", TRAINER)
+    monkeypatch.setattr(runner, "build_trainer", TRAINER)
     assert resume(out, progress=False) == out
     assert_same_run(out, reference_runs["one"])
 
@@ -143,7 +144,7 @@ def test_resume_keeps_finished_seeds_and_continues_the_killed_one(
     finished = (out / "seed_0" / "metrics.json").stat().st_mtime_ns
     assert (out / "seed_1" / runner.TRAINING_STATE).is_file()
     (out / "seed_1" / ".metrics.json.x1y2.tmp").write_text("half a file from a kill")
-    monkeypatch.setattr(training, "build_trainer", TRAINER)
+    monkeypatch.setattr(runner, "build_trainer", TRAINER)
     resume(out, progress=False)
     assert (out / "seed_0" / "metrics.json").stat().st_mtime_ns == finished
     for name in ("seed_0", "seed_1"):
@@ -171,7 +172,7 @@ def test_resume_after_sigkill_mid_epoch(
         sys.path.insert(0, {str(ENGINE_TESTS)!r})
         import engine_fakes
         engine_fakes.install()
-        from pdd.engine.runner import FitOptions, fit
+        from pdd.training.runner import FitOptions, fit
         fit(FitOptions(data=Path({str(phantoms)!r}), out=Path({str(out)!r}), preset="fake",
                        teachers="random", accelerator="cpu", epochs=3, batch_size=4,
                        checkpoint_every_n_steps=1, progress=False))

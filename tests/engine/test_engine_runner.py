@@ -10,10 +10,12 @@ import pytest
 import yaml
 from engine_fakes import read_metrics, read_scores, without_timing
 
-from pdd.engine import evaluation, runner, scoring
-from pdd.engine.checkpoint import load
-from pdd.engine.runner import FitOptions, fit
 from pdd.errors import ConfigError
+from pdd.evaluation import evaluate as evaluation
+from pdd.evaluation import scoring
+from pdd.runs.checkpoint import load
+from pdd.training import runner
+from pdd.training.runner import FitOptions, fit
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
@@ -259,7 +261,7 @@ def test_test_command_evaluates_a_checkpoint_without_threshold_or_scale(
     dataset's normals, and metrics.json says both."""
     from engine_fakes import create_fake
 
-    from pdd.engine import checkpoint
+    from pdd.runs import checkpoint
 
     bare = checkpoint.save(tmp_path / "bare.ckpt", create_fake())
     tested = runner.test(bare, phantoms, tmp_path / "test", progress=False)

@@ -1,4 +1,4 @@
-"""`pdd.engine.scan_maps`: anomaly maps in the scan's own geometry.
+"""`pdd.prediction.scan_maps`: anomaly maps in the scan's own geometry.
 
 NIfTI: the maps handed in are the reader's own displayed slices, so a correct inversion must
 reproduce the input volume's voxels (scaled by the reader's percentiles, computed here
@@ -19,7 +19,7 @@ from dicom_series import ORIENTATION, SPACING, write_series
 
 from pdd.data import read_image
 from pdd.data.synthetic import write_nifti
-from pdd.engine.scan_maps import map_at_size, write_dicom_series, write_nifti_map
+from pdd.prediction.scan_maps import map_at_size, write_dicom_series, write_nifti_map
 
 # Scaled, translated, one flipped axis, and axes permuted (stored axis 0 is anterior-posterior).
 AFFINE = np.array(

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from pdd.cli import main
 from pdd.data import ImageDataset, read_manifest
-from pdd.engine import runner
-from pdd.engine.export import export_onnx
-from pdd.engine.runner import fit
+from pdd.export import export_onnx
+from pdd.training import runner
+from pdd.training.runner import fit
 
 RELATIVE_TOLERANCE = 1e-4
 

@@ -21,8 +21,9 @@ from engine_fakes import (
     read_scores,
 )
 
-from pdd.engine import checkpoint, runner
-from pdd.engine.scoring_loop import Devices
+from pdd.evaluation.scoring_loop import Devices
+from pdd.runs import checkpoint
+from pdd.training import runner
 
 # What may differ between a one- and a two-process run of the same evaluation.
 RUN_DETAILS = ("timing", "world_size")  # timing: seconds and images/s

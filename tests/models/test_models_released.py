@@ -34,7 +34,11 @@ from torch import Tensor, nn
 from pdd.errors import CheckpointError
 from pdd.models import AnomalyModel, losses
 from pdd.models.pdd import CNN_TEACHER, PDD, SSM_TEACHER
-from pdd.models.released import load_released_state_dict, read_released, released_key_map
+from pdd.models.released import (
+    load_released_state_dict,
+    read_released,
+    released_key_map,
+)
 
 BATCH, SIZE = 2, 256
 Y_SHAPES = [(256, 64, 64), (512, 32, 32), (1024, 16, 16), (2048, 8, 8)]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 import engine_fakes
 
 from pdd.data.synthetic import make_phantom_dataset
-from pdd.engine.runner import FitOptions, fit
+from pdd.training.runner import FitOptions, fit
 
 CLASSES = ("brain", "liver")
 SEEDS = (0, 1)
@@ -145,7 +145,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``fit`` over a two-class Uni-Medical phantom set (lesion masks) with seeds 0 and 1."""
     from pdd import models
-    from pdd.engine import runner
+    from pdd.training import runner
 
     folder = tmp_path_factory.mktemp("report_truth")
     data = make_phantom_dataset(folder / "data", "unimedical", classes=list(CLASSES), n_train=12,

@@ -30,7 +30,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> ArgumentParser:
     """The full `pdd` parser; each command module adds its sub-commands with ``register``."""
-    from pdd.cli import benchmark, demo, export, fit, import_checkpoint, predict, presets, report, weights
+    from pdd.cli import (
+        benchmark,
+        demo,
+        export,
+        fit,
+        import_checkpoint,
+        predict,
+        presets,
+        report,
+        weights,
+    )
 
     parser = ArgumentParser(
         prog="pdd",

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pdd.engine.benchmark import RunSettings, run_benchmark
-    from pdd.engine.suite import load_suite
+    from pdd.benchmark.grid import RunSettings, run_benchmark
+    from pdd.benchmark.suite import load_suite
 
     suite = load_suite(args.suite, data_root=args.data_root, teachers=args.teachers)
     if suite.teachers == "random":

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pdd.cli.fit import check_model_config, parse_overrides
     from pdd.data.synthetic import make_phantom_dataset
-    from pdd.engine.runner import FitOptions, fit
+    from pdd.training.runner import FitOptions, fit
 
     out: Path = args.out
     if out.is_dir() and any(out.iterdir()):

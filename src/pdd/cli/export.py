@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `export` to the `pdd` command table."""
-    from pdd.engine.export import DEFAULT_OPSET, MIN_OPSET
+    from pdd.export import DEFAULT_OPSET, MIN_OPSET
 
     parser = sub.add_parser(
         "export",
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _opset(text: str) -> int:
     """argparse type: an opset the exporter really writes (the upper bound is checked on export,
     where the optional onnx package is known to be installed)."""
-    from pdd.engine.export import MIN_OPSET
+    from pdd.export import MIN_OPSET
 
     try:
         value = int(text)
@@ -47,7 +47,7 @@ def _opset(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pdd.engine.export import export_onnx
+    from pdd.export import export_onnx
 
     existing_file(args.checkpoint, "checkpoint")
     prepare_output_file(args.out)

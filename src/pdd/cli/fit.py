@@ -138,7 +138,7 @@ def _as_group_pattern(value: Any, where: str) -> str:
 
 
 def _as_logger(value: Any, where: str) -> str:
-    from pdd.engine.loggers import check_logger
+    from pdd.training.loggers import check_logger
 
     return _text_checked_by(check_logger)(value, where)
 
@@ -292,7 +292,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from pdd.engine import runner
+    from pdd.training import runner
 
     if args.resume is not None:
         _reject_with_resume(args)
@@ -310,8 +310,8 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_test(args: argparse.Namespace) -> int:
-    from pdd.engine import runner
-    from pdd.engine.scoring_loop import Devices
+    from pdd.evaluation.scoring_loop import Devices
+    from pdd.training import runner
 
     devices = Devices(
         accelerator=args.accelerator or "auto",
@@ -341,7 +341,7 @@ def _run_test(args: argparse.Namespace) -> int:
             num_workers=args.num_workers or 0,
             progress=not args.no_progress,
         )
-    from pdd.engine.ranks import is_global_zero_from_env
+    from pdd.runs.ranks import is_global_zero_from_env
 
     if is_global_zero_from_env():  # the other processes of a multi-process run stay quiet
         timing = json.loads((done / "metrics.json").read_text(encoding="utf-8"))["timing"]
@@ -369,7 +369,7 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     Everything a user can get wrong is checked here (paths, preset, override keys), before
     the runner builds a model.
     """
-    from pdd.engine.runner import FitOptions
+    from pdd.training.runner import FitOptions
 
     values: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
@@ -552,8 +552,8 @@ def check_model_config(values: dict[str, Any], overrides: dict[str, Any]) -> Non
 def _describe_batch(options: Any) -> str:
     """Batch per device, accumulation and the global batch the optimiser sees (one line)."""
     from pdd.config import resolve_config
-    from pdd.engine.options import model_overrides
-    from pdd.engine.training import accumulation, planned_global_batch
+    from pdd.training.options import model_overrides
+    from pdd.training.trainer import accumulation, planned_global_batch
 
     train = resolve_config(options.preset, model_overrides(options))["train"]
     batch, total = int(train["batch_size"]), planned_global_batch(options, train)

@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from pdd import create_model
-    from pdd.engine import checkpoint
     from pdd.models.released import (
         PRESET,
         RELEASED_COMMIT,
@@ -48,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         load_released_state_dict,
         read_released,
     )
+    from pdd.runs import checkpoint
     from pdd.teachers.weights import sha256_file
 
     existing_file(args.released, "released checkpoint")

@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pdd.engine import predict as engine
+    from pdd.prediction import predict as engine
 
     if args.device is not None:
         raise ConfigError(
@@ -145,7 +145,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(result, out: Path) -> None:  # result: engine.predict.PredictResult
-    from pdd.engine.predict import NOTES_FILE, SKIPPED_FILE, VOLUMES_FILE
+    from pdd.prediction.predict import NOTES_FILE, SKIPPED_FILE, VOLUMES_FILE
 
     if result.threshold is None:
         print(f"scored {result.scored} images (the checkpoint has no threshold: no decisions)")

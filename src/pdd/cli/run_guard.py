@@ -1,6 +1,6 @@
 """The frame around a command that writes a run folder (`pdd fit`, `pdd fit --resume`, `pdd test`).
 
-It holds the folder's lock for the whole run (``pdd.engine.run_lock``), turns Ctrl-C / SIGTERM into
+It holds the folder's lock for the whole run (``pdd.runs.lock``), turns Ctrl-C / SIGTERM into
 exit 130 / 143 with a message naming the folder and the resume command (``pdd.cli.signals``), and
 keeps a failed new run from blocking its own corrected rerun: when a run into a new or empty folder
 fails before it saved anything that can be resumed (a training state, a model, metrics), what it
@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pdd.cli.signals import interruptible
-from pdd.engine.run_lock import LOCK_NAME, run_lock
 from pdd.errors import ConfigError
+from pdd.runs.lock import LOCK_NAME, run_lock
 
 __all__ = ["guarded_run"]
 
@@ -70,7 +70,7 @@ def guarded_run(folder: Path, command: str, *, resume_command: str | None) -> It
 def _writes_files() -> bool:
     """Whether this process is the run's global rank 0, the only one writing the folder."""
     # The runner's own rule (launcher variables), not a copy of it.
-    from pdd.engine.ranks import is_global_zero_from_env
+    from pdd.runs.ranks import is_global_zero_from_env
 
     return is_global_zero_from_env()
 

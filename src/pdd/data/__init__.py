@@ -25,7 +25,8 @@ from pdd.data.readers import (
     read_image,
     read_mask,
 )
-from pdd.data.splits import Sample, read_manifest, write_manifest
+from pdd.data.sample import Sample
+from pdd.data.splits import read_manifest, write_manifest
 from pdd.data.synthetic import make_phantom, make_phantom_dataset
 from pdd.data.transforms import mask_to_tensor, to_display, to_model_input
 

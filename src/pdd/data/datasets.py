@@ -54,7 +54,13 @@ from torch.utils.data import Dataset
 from pdd.data.files import file_problem, read_text_file
 from pdd.data.groups import assign_groups, compile_group_pattern
 from pdd.data.readers import image_format, nifti_slice_count, read_image, read_mask
-from pdd.data.splits import Sample, check_split, read_manifest, seeded_split, write_manifest
+from pdd.data.splits import (
+    Sample,
+    check_split,
+    read_manifest,
+    seeded_split,
+    write_manifest,
+)
 from pdd.data.transforms import mask_to_tensor, to_model_input
 from pdd.errors import DataError
 

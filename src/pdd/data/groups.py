@@ -18,16 +18,13 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pdd.data.sample import Sample
 from pdd.errors import DataError
-
-if TYPE_CHECKING:
-    from pdd.data.splits import Sample
 
 __all__ = ["assign_groups", "compile_group_pattern", "name_group"]
 

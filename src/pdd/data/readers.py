@@ -523,7 +523,11 @@ def _ensure_transfer_syntax(ds: object) -> None:
     """Files written without the DICOM file header (no preamble, no meta) carry no transfer syntax;
     the encoding pydicom detected while reading is the right one to decode their pixels with."""
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
 
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:

@@ -25,13 +25,13 @@ import os
 import re
 import warnings
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pdd.data.files import file_problem, read_text_file
 from pdd.data.groups import assign_groups, compile_group_pattern
+from pdd.data.sample import Sample
 from pdd.errors import DataError
 
 __all__ = [
@@ -48,32 +48,6 @@ __all__ = [
 MANIFEST_COLUMNS = ("path", "label", "kind", "split", "class_name", "mask_path", "group")
 _LEGACY_COLUMNS = MANIFEST_COLUMNS[:-1]
 SPLITS = ("train", "holdout", "test")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image (or one NIfTI axial slice) with its label; label -1 means unknown (prediction).
-
-    ``group``: the images that must stay in one set with this one (see :mod:`pdd.data.groups`);
-    ``load_dataset`` always sets it, None means the file alone."""
-
-    path: str
-    label: int
-    kind: str
-    mask_path: str | None = None
-    slice_index: int | None = None
-    class_name: str | None = None
-    group: str | None = None
-
-    @property
-    def key(self) -> str:
-        """How the sample is written in CSV files: ``path`` or ``path#slice_index``."""
-        return self.path if self.slice_index is None else f"{self.path}#{self.slice_index}"
-
-    @property
-    def group_id(self) -> str:
-        """The group, or the file itself when none was assigned (never a single slice)."""
-        return self.group or self.path
 
 
 def _order(sample: Sample) -> tuple[str, str]:

@@ -32,7 +32,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, UnidentifiedImageError
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    precision_recall_curve,
+    roc_curve,
+)
 
 import pdd
 from pdd.errors import PDDError
@@ -545,7 +550,7 @@ def _gallery_section(main: _ScoreSet, metrics: dict[str, Any]) -> str:
 def _training_section(metrics: dict[str, Any], folder: Path) -> str:
     """The loss of every optimiser step (the run's CSV log) and per-epoch means of every loss
     term (``train_history`` of metrics.json), when recorded."""
-    from pdd.engine.loggers import read_step_losses
+    from pdd.training.loggers import read_step_losses
 
     steps = read_step_losses(folder)
     history = metrics.get("train_history")

@@ -294,7 +294,9 @@ def _as_state_dict(payload: Any, path: Path) -> dict[str, Tensor]:
 
 def _check_architecture(spec: WeightSpec, path: Path) -> None:
     """Strict key and shape check: the teacher must build from this file (errors name the file)."""
-    from pdd.teachers import build  # lazy: no import cycle whatever pdd.teachers imports
+    from pdd.teachers import (
+        build,  # lazy: no import cycle whatever pdd.teachers imports
+    )
 
     build(spec.teacher, weights=path)
 

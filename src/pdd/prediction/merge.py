@@ -16,9 +16,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from pdd.engine.predict_plan import open_text, read_complete_rows
-from pdd.engine.predict_rules import ANOMALOUS, decision
-from pdd.engine.predict_run import (
+from pdd.errors import DataError
+from pdd.fileio import atomic_write_text
+from pdd.prediction.plan import open_text, read_complete_rows
+from pdd.prediction.rules import ANOMALOUS, decision
+from pdd.prediction.run import (
     COLLECTED_SKIPS_FILE,
     NOTES_FILE,
     RUN_FILE,
@@ -31,8 +33,6 @@ from pdd.engine.predict_run import (
     read_record,
     write_csv,
 )
-from pdd.errors import DataError
-from pdd.fileio import atomic_write_text
 
 __all__ = ["merge_parts"]
 

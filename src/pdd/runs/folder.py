@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pdd.engine.run_lock import LOCK_NAME  # held by the run itself while it checks
+from pdd.runs.lock import LOCK_NAME  # held by the run itself while it checks
 from pdd.errors import ConfigError
 from pdd.fileio import atomic_write_text
 

@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from pdd.errors import PDDError
 

@@ -11,7 +11,7 @@ What a run writes in its output folder:
   ``num_slices``, ``score`` (the scan rule over its slice scores), ``decision``, ``max_slice``
   (position of the most anomalous slice), ``rule``, ``map``.
 - ``maps/<name>_anomaly.nii.gz`` (NIfTI inputs) and ``dicom/<series UID>/`` (derived DICOM series),
-  see ``pdd.engine.scan_maps``; ``heatmaps/*.png`` overlays for 2-D images, coloured with the
+  see ``pdd.prediction.scan_maps``; ``heatmaps/*.png`` overlays for 2-D images, coloured with the
   checkpoint's fixed map statistics (never per image).
 - ``skipped.csv`` (``path,reason``) and ``notes.csv`` (``scan,note``: series scored as images and
   why) when there is anything to say; ``predict.json``: the options, the scan rule, counts.
@@ -41,16 +41,23 @@ import lightning as L
 import torch
 
 from pdd import __version__
-from pdd.engine.predict_loop import BatchWriter, PredictData, ScoringModule
-from pdd.engine.predict_merge import merge_parts
-from pdd.engine.predict_plan import Plan
-from pdd.engine.predict_rules import (
+from pdd.errors import CheckpointError, ConfigError, DataError, PDDError
+from pdd.evaluation.scoring_loop import (
+    Devices,
+    build_predict_trainer,
+    quiet_predict_loop,
+)
+from pdd.fileio import atomic_write_text
+from pdd.prediction.loop import BatchWriter, PredictData, ScoringModule
+from pdd.prediction.merge import merge_parts
+from pdd.prediction.plan import Plan
+from pdd.prediction.rules import (
     DEFAULT_SCAN_RULE,
     parse_scan_rule,
     scan_score,
     stored_statistics,
 )
-from pdd.engine.predict_run import (
+from pdd.prediction.run import (
     COLLECTED_SKIPS_FILE,
     NOTES_FILE,
     PATH_ENCODING,
@@ -64,10 +71,7 @@ from pdd.engine.predict_run import (
     read_record,
     write_csv,
 )
-from pdd.engine.ranks import is_global_zero_from_env
-from pdd.engine.scoring_loop import Devices, build_predict_trainer, quiet_predict_loop
-from pdd.errors import CheckpointError, ConfigError, DataError, PDDError
-from pdd.fileio import atomic_write_text
+from pdd.runs.ranks import is_global_zero_from_env
 
 __all__ = [
     "DEFAULT_SCAN_RULE",
@@ -176,7 +180,7 @@ def _refuse_used_folder(out: Path) -> None:
 
 
 def _load(checkpoint: Path):  # -> (model, meta)
-    from pdd.engine.checkpoint import load
+    from pdd.runs.checkpoint import load
 
     return load(checkpoint)
 

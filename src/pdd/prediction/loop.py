@@ -25,10 +25,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from pdd import __version__
-from pdd.engine.predict_plan import Item, Plan, open_text, read_complete_rows
-from pdd.engine.predict_rules import scan_score
-from pdd.engine.predict_run import WORK_DIR, RunContext
 from pdd.errors import PDDError
+from pdd.prediction.plan import Item, Plan, open_text, read_complete_rows
+from pdd.prediction.rules import scan_score
+from pdd.prediction.run import WORK_DIR, RunContext
 
 __all__ = ["BatchWriter", "PredictData", "ScoringModule"]
 
@@ -267,7 +267,7 @@ class _Sink:
 
     def _finish_scan(self, number: int) -> None:
         """All slices of a scan are in: its map files, its slice rows, then its volume row."""
-        from pdd.engine import scan_maps
+        from pdd.prediction import scan_maps
 
         scan = self.context.plan.scans[number]
         folder = self._slice_dir(number)

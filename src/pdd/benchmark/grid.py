@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdd.engine import runner
-from pdd.engine.aggregate import METRIC_KEYS, mean_metrics
-from pdd.engine.benchmark_tables import write_tables
-from pdd.engine.options import FitOptions
-from pdd.engine.run_folder import is_complete, read_json, read_yaml, write_yaml
-from pdd.engine.suite import DatasetEntry, Suite, suite_to_dict
+from pdd.benchmark.suite import DatasetEntry, Suite, suite_to_dict
+from pdd.benchmark.tables import ResultRow, write_tables
 from pdd.errors import ConfigError
+from pdd.evaluation.aggregate import METRIC_KEYS, mean_metrics
+from pdd.runs.folder import is_complete, read_json, read_yaml, write_yaml
+from pdd.training import runner
+from pdd.training.options import FitOptions
 
 __all__ = [
     "Cell",
@@ -60,27 +60,6 @@ class RunSettings:
     accelerator: str = "auto"
     num_workers: int = 0
     progress: bool = True
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One line of the results tables; metric values are fractions in [0, 1] as in metrics.json.
-
-    ``over`` says what the metrics are taken over: ``images`` (a one-class set), ``pooled`` (every
-    test image of a joint multi-class model) or ``classes`` (the mean over classes). ``std`` is
-    empty for a single seed (no spread was measured).
-    """
-
-    dataset: str
-    preset: str
-    over: str
-    teachers: str
-    seeds: tuple[int, ...]
-    mean: Mapping[str, float]
-    std: Mapping[str, float]
-    published: Mapping[str, float] = field(default_factory=dict)
-    run_folder: str = ""  # relative to the benchmark folder
-    seed_folders: tuple[str, ...] = ()
 
 
 def plan(suite: Suite, out: Path) -> list[Cell]:

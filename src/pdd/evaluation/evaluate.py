@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from pdd.data import DatasetSplit, Sample
-from pdd.engine import metrics
-from pdd.engine.aggregate import mean_over
-from pdd.engine.run_folder import write_scores
-from pdd.engine.scoring import Scored, Scorer
-from pdd.engine.scoring_loop import LightningScorer
 from pdd.errors import DataError
+from pdd.evaluation import metrics
+from pdd.evaluation.aggregate import mean_over
+from pdd.evaluation.scoring import Scored, Scorer
+from pdd.evaluation.scoring_loop import LightningScorer
 from pdd.report.heatmap import save_overlay
+from pdd.runs.folder import write_scores
 
 __all__ = [
     "HEATMAPS_PER_END",

@@ -2,7 +2,7 @@
 
 ``ScoreCollector`` gathers what one pass keeps (scores, optionally maps and masks, the extreme
 images for overlays); the in-process ``Scorer`` here and the multi-process one in
-``pdd.engine.scoring_loop`` both fill it, so both return the same ``Scored``.
+``pdd.evaluation.scoring_loop`` both fill it, so both return the same ``Scored``.
 """
 
 from __future__ import annotations

@@ -10,18 +10,15 @@ from __future__ import annotations
 import csv
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pdd.engine.aggregate import METRIC_KEYS
-from pdd.engine.suite import Suite
+from pdd.benchmark.suite import Suite
+from pdd.evaluation.aggregate import METRIC_KEYS
 from pdd.fileio import atomic_write_text
 
-if TYPE_CHECKING:
-    from pdd.engine.benchmark import ResultRow
-
-__all__ = ["METRIC_NAMES", "results_csv", "results_html", "results_markdown", "write_tables"]
+__all__ = ["METRIC_NAMES", "ResultRow", "results_csv", "results_html", "results_markdown", "write_tables"]
 
 METRIC_NAMES = {
     "image_auroc": "image AUROC",
@@ -39,6 +36,27 @@ _RANDOM_WARNING = (
     "Teachers were RANDOMLY initialised (--teachers random): these numbers are a smoke test of "
     "the pipeline, not the method's accuracy."
 )
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of the results tables; metric values are fractions in [0, 1] as in metrics.json.
+
+    ``over`` says what the metrics are taken over: ``images`` (a one-class set), ``pooled`` (every
+    test image of a joint multi-class model) or ``classes`` (the mean over classes). ``std`` is
+    empty for a single seed (no spread was measured).
+    """
+
+    dataset: str
+    preset: str
+    over: str
+    teachers: str
+    seeds: tuple[int, ...]
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+    published: Mapping[str, float] = field(default_factory=dict)
+    run_folder: str = ""  # relative to the benchmark folder
+    seed_folders: tuple[str, ...] = ()
 
 
 def write_tables(suite: Suite, out: Path, rows: Sequence[ResultRow]) -> None:

@@ -1,19 +1,14 @@
-"""Aggregating sub-runs: per-class results into one seed's record, seeds into mean and std.
-
-Means and standard deviations cover ``METRIC_KEYS`` only: thresholds belong to one model and are
-never averaged.
-"""
+"""A fit's top-level record from its sub-runs: per-class results into one seed's folder, seeds
+into mean and std (metrics.json, scores.csv, config.yaml and report.html of the parent folder)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pdd.engine.options import FitOptions
-from pdd.engine.run_folder import (
+from pdd.evaluation.aggregate import METRIC_KEYS, mean_metrics
+from pdd.runs.folder import (
     read_scores,
     read_yaml,
     write_json,
@@ -21,15 +16,9 @@ from pdd.engine.run_folder import (
     write_scores,
     write_yaml,
 )
+from pdd.training.options import FitOptions
 
-__all__ = ["METRIC_KEYS", "aggregate_classes", "aggregate_seeds", "mean_metrics", "mean_over"]
-
-METRIC_KEYS = (
-    "image_auroc", "image_ap", "image_f1_max",
-    "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro",
-    "sensitivity", "specificity",
-)  # fmt: skip
-"""Values that are averaged over classes and seeds (thresholds are per model, not averaged)."""
+__all__ = ["aggregate_classes", "aggregate_seeds"]
 
 
 def _common_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,25 +36,6 @@ def _common_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
         "pdd_version",
     )
     return {key: record.get(key) for key in keys}
-
-
-def mean_metrics(
-    records: Sequence[Mapping[str, Any]],
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and (population) standard deviation of each metric that every record has."""
-    mean: dict[str, float] = {}
-    std: dict[str, float] = {}
-    for key in METRIC_KEYS:
-        values = [float(r[key]) for r in records if key in r]
-        if values and len(values) == len(records):
-            mean[key] = float(np.mean(values))
-            std[key] = float(np.std(values))
-    return mean, std
-
-
-def mean_over(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """The mean of each metric that every record has."""
-    return mean_metrics(list(records))[0]
 
 
 def aggregate_classes(

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdd.engine.predict_plan import Plan, open_text
-from pdd.engine.predict_rules import DEFAULT_SCAN_RULE
 from pdd.errors import PDDError
+from pdd.prediction.plan import Plan, open_text
+from pdd.prediction.rules import DEFAULT_SCAN_RULE
 
 __all__ = [
     "COLLECTED_SKIPS_FILE",

@@ -27,8 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
 from pdd.data import ImageDataset, Sample
-from pdd.engine.options import FitOptions
 from pdd.fileio import atomic_torch_save
+from pdd.training.options import FitOptions
 
 __all__ = [
     "AtomicCheckpointIO",

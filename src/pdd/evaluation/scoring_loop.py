@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pdd.data import ImageDataset, Sample
-from pdd.engine.scoring import ScoreCollector, Scored
 from pdd.errors import ConfigError
+from pdd.evaluation.scoring import ScoreCollector, Scored
 
 __all__ = ["Devices", "LightningScorer", "build_predict_trainer", "quiet_predict_loop"]
 

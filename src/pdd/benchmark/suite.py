@@ -36,8 +36,8 @@ from typing import Any
 
 from pdd.config import read_yaml_file, resolve_config
 from pdd.data import FORMATS
-from pdd.engine.aggregate import METRIC_KEYS
 from pdd.errors import ConfigError, PDDError
+from pdd.evaluation.aggregate import METRIC_KEYS
 
 __all__ = [
     "BUILTIN_SUITES",

@@ -29,10 +29,8 @@ import yaml
 
 from pdd import __version__, create_model
 from pdd.data import DatasetSplit, list_classes, load_dataset
-from pdd.engine import checkpoint as model_checkpoint
-from pdd.engine import training
-from pdd.engine.aggregate import aggregate_classes, aggregate_seeds
-from pdd.engine.evaluation import (
+from pdd.errors import ConfigError, DataError
+from pdd.evaluation.evaluate import (
     calibrate,
     class_thresholds,
     colour_scale,
@@ -40,17 +38,10 @@ from pdd.engine.evaluation import (
     score_test,
     split_record,
 )
-from pdd.engine.loggers import build_loggers
-from pdd.engine.module import AnomalyModule
-from pdd.engine.options import (
-    FitOptions,
-    model_overrides,
-    normalised,
-    options_from_dict,
-    options_to_dict,
-)
-from pdd.engine.ranks import is_global_zero_from_env
-from pdd.engine.run_folder import (
+from pdd.evaluation.scoring import Scorer
+from pdd.evaluation.scoring_loop import Devices, LightningScorer
+from pdd.runs import checkpoint as model_checkpoint
+from pdd.runs.folder import (
     TRAINING_STATE,
     is_complete,
     read_json,
@@ -60,10 +51,18 @@ from pdd.engine.run_folder import (
     write_report,
     write_yaml,
 )
-from pdd.engine.scoring import Scorer
-from pdd.engine.scoring_loop import Devices, LightningScorer
-from pdd.engine.training import TrainData
-from pdd.errors import ConfigError, DataError
+from pdd.runs.ranks import is_global_zero_from_env
+from pdd.training.loggers import build_loggers
+from pdd.training.module import AnomalyModule
+from pdd.training.options import (
+    FitOptions,
+    model_overrides,
+    normalised,
+    options_from_dict,
+    options_to_dict,
+)
+from pdd.training.summary import aggregate_classes, aggregate_seeds
+from pdd.training.trainer import TrainData, build_trainer, planned_global_batch
 
 __all__ = ["FitOptions", "fit", "resume", "test"]
 
@@ -344,7 +343,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         _write_run_config(options, run, model.config, split)
 
     module = AnomalyModule(model)
-    trainer = training.build_trainer(
+    trainer = build_trainer(
         options,
         state_path,
         epochs,
@@ -466,7 +465,7 @@ def _write_run_config(
     config = {
         "pdd_version": __version__,
         # batch per device x devices x accumulated batches (None: decided by the devices found)
-        "global_batch_size": training.planned_global_batch(options, train),
+        "global_batch_size": planned_global_batch(options, train),
         "options": options_to_dict(resolved),
         "model": dict(model_config),
     }

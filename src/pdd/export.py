@@ -80,7 +80,7 @@ def export_onnx(
     run through both PyTorch and onnxruntime; the file is only written if they agree within
     :data:`MAP_TOLERANCE` / :data:`SCORE_TOLERANCE` (relative to the largest value).
     """
-    from pdd.engine.checkpoint import load
+    from pdd.runs.checkpoint import load
 
     _require_onnx_packages()
     _check_opset(opset)

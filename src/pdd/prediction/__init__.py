@@ -1,0 +1,2 @@
+"""Prediction: a `pdd predict` run over new files and scans (plan, loop, merge, decision rules,
+maps in the scan's geometry)."""
