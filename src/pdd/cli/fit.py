@@ -45,6 +45,7 @@ __all__ = ["parse_overrides", "parse_seeds", "register", "resolve_fit_options"]
 
 FORMATS = ("auto", "folder", "headct", "brainmri", "zhanglab", "unimedical", "bmad")
 TEACHERS = ("pretrained", "random")
+FEATURE_CACHE_MODES = ("auto", "memory", "disk", "off")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,13 @@ def _as_fraction(value: Any, where: str) -> float:
     return float(value)
 
 
+def _as_rate(value: Any, where: str) -> float:
+    """A false-alarm rate: strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f"{where}: expected a number above 0 and below 1, got {value!r}")
+    return float(value)
+
+
 def _text_checked_by(check: Callable[[str], Any]) -> Callable[[Any, str], str]:
     """A text option that ``check`` validates; its PDDError is reported under the option's name."""
 
@@ -178,6 +186,8 @@ _FIT_OPTIONS: dict[str, _Option] = {
     "class_name": _Option("class_name", _as_str),
     "joint": _Option("joint", _as_bool),
     "holdout_fraction": _Option("holdout_fraction", _as_fraction),
+    "fpr": _Option("fpr", _as_rate),
+    "feature_cache": _Option("feature_cache", _choice(FEATURE_CACHE_MODES)),
     "group_by": _Option("group_by", _as_group_pattern),
     "logger": _Option("logger", _as_logger),
     "accelerator": _Option("accelerator", _choice(ACCELERATORS)),
@@ -194,7 +204,7 @@ _FIT_ARGUMENTS = (
     "data", "out", "format", "preset", "teachers", "image_size", "epochs", "batch_size", "seed",
     "seeds", "split", "class_name", "config", "accelerator", "devices", "num_nodes", "strategy",
     "precision", "num_workers", "checkpoint_every_n_steps", "joint", "holdout_fraction", "group_by",
-    "logger",
+    "logger", "fpr", "feature_cache",
 )  # fmt: skip
 _FLAG_NAMES = {"class_name": "class", "checkpoint_every_n_steps": "checkpoint-every"}
 _MODEL_SECTION = "model"
@@ -238,6 +248,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="training normals held out for the threshold (default 0.1; 0: train on all of them, "
         "no threshold)",
+    )
+    fit.add_argument(
+        "--fpr",
+        type=float,
+        metavar="ALPHA",
+        help="false-alarm rate the threshold guarantees for normal images like the held-out ones "
+        "(default 0.05)",
+    )
+    fit.add_argument(
+        "--feature-cache",
+        choices=FEATURE_CACHE_MODES,
+        help="where the frozen teachers' features of training images are kept between epochs: "
+        "auto (default), memory, disk or off",
     )
     fit.add_argument(
         "--group-by",
@@ -398,6 +421,10 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     }
     if args.holdout_fraction is not None:
         cli_values["holdout_fraction"] = _as_fraction(args.holdout_fraction, "--holdout-fraction")
+    if args.fpr is not None:
+        cli_values["fpr"] = _as_rate(args.fpr, "--fpr")
+    if args.feature_cache is not None:
+        cli_values["feature_cache"] = args.feature_cache
     if args.group_by is not None:
         cli_values["group_by"] = _as_group_pattern(args.group_by, "--group-by")
     if args.logger is not None:
