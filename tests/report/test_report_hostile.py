@@ -13,7 +13,8 @@ import pytest
 from pdd.cli import main
 from pdd.errors import PDDError
 from pdd.fileio import atomic_write_text
-from pdd.report.html import read_scores, write_report
+from pdd.report.html import write_report
+from pdd.report.run_files import read_scores
 
 
 def _report(run: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -64,11 +65,11 @@ def test_ordinary_scores_keep_a_plain_axis() -> None:
     huge ones (hand-computed)."""
     import numpy as np
 
-    from pdd.report.html import _axis_scale
+    from pdd.report.figures import axis_scale
 
-    assert _axis_scale(np.array([0.1, 2.5])) == 1.0
-    assert _axis_scale(np.array([-1e308, 1e308])) == 1e308
-    assert _axis_scale(np.array([3.5e200, 1.0])) == 1e200
+    assert axis_scale(np.array([0.1, 2.5])) == 1.0
+    assert axis_scale(np.array([-1e308, 1e308])) == 1e308
+    assert axis_scale(np.array([3.5e200, 1.0])) == 1e200
 
 
 def test_truncated_last_row_is_named_with_its_line(
