@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdd.benchmark.suite import Suite
+from pdd.csv_cells import escape_row
 from pdd.evaluation.aggregate import METRIC_KEYS
 from pdd.fileio import atomic_write_text
 
@@ -95,7 +96,7 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
             line += [row.mean.get(key, ""), row.std.get(key, "")]
         line += [row.published.get(key, "") for key in published]
         line += [row.run_folder, ";".join(row.seed_folders)]
-        writer.writerow(line)
+        writer.writerow(escape_row(line))  # names from the suite file: no spreadsheet formulas
     return buffer.getvalue()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdd.csv_cells import escape_row, unescape_row
 from pdd.data.files import file_problem, read_text_file
 from pdd.data.groups import assign_groups, compile_group_pattern
 from pdd.data.sample import Sample
@@ -174,7 +175,7 @@ def manifest_text(parts: dict[str, Iterable[Sample]], root: str | Path) -> str:
             path = _relative(s.path, root)
             key = path if s.slice_index is None else f"{path}#{s.slice_index}"
             writer.writerow(
-                [
+                escape_row([
                     key,
                     s.label,
                     s.kind,
@@ -246,7 +247,7 @@ def read_manifest(
     path, root = Path(path), Path(root)
     pattern = compile_group_pattern(group_by)
     text = read_text_file(path, "split manifest")
-    rows = list(csv.reader(io.StringIO(text)))
+    rows = [unescape_row(row) for row in csv.reader(io.StringIO(text))]  # pdd.csv_cells
     header = tuple(c.strip() for c in rows[0]) if rows else ()
     if header not in (MANIFEST_COLUMNS, _LEGACY_COLUMNS):
         raise DataError(

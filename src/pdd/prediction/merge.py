@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from pdd.csv_cells import escape_row, unescape_row
 from pdd.errors import DataError
 from pdd.fileio import atomic_write_text
 from pdd.prediction.plan import open_text, read_complete_rows
@@ -65,7 +66,7 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
             scored += 1
             anomalous += verdict == ANOMALOUS
             writer.writerow(
-                (
+                escape_row((
                     item.key,
                     scan.key if scan.is_volume else "",
                     item.index - scan.first if scan.is_volume else "",
@@ -84,7 +85,7 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
             scan = plan.scans[int(row[0])]
             volumes += 1
             writer.writerow(
-                (
+                escape_row((
                     scan.key, scan.kind, scan.patient_id, row[1], row[2],
                     decision(float(row[2]), threshold), row[3], context.options.scan_rule, scan.output,
                 )
@@ -133,7 +134,7 @@ def _merge_skipped(context: RunContext, work: Path) -> list[tuple[str, str]]:
     collected = work / COLLECTED_SKIPS_FILE
     if collected.is_file():
         with open_text(collected, "r") as handle:
-            rows += [(r[0], r[1]) for r in list(csv.reader(handle))[1:]]
+            rows += [(r[0], r[1]) for r in map(unescape_row, list(csv.reader(handle))[1:])]
     rows += [(context.plan.items[int(r[0])].key, r[1]) for r in _sorted_rows("skipped-*.csv", work)]
     target = context.options.out / SKIPPED_FILE
     if rows:

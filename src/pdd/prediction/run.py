@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdd.csv_cells import escape_row
 from pdd.errors import PDDError
 from pdd.prediction.plan import Plan, open_text
 from pdd.prediction.rules import DEFAULT_SCAN_RULE
@@ -126,11 +127,12 @@ def read_record(out: Path) -> dict[str, Any]:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A small result or work CSV, replaced whole (temporary file + rename)."""
+    """A small result or work CSV, replaced whole (temporary file + rename); text cells escaped
+    against spreadsheet formulas (``pdd.csv_cells``: read back with ``unescape_row``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.tmp")
     with open_text(partial, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows(escape_row(row) for row in rows)
     os.replace(partial, path)

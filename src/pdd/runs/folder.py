@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pdd.runs.lock import LOCK_NAME  # held by the run itself while it checks
+from pdd.csv_cells import escape_cell, unescape_mapping
 from pdd.errors import ConfigError
 from pdd.fileio import atomic_write_text
 
@@ -65,18 +66,19 @@ def is_complete(folder: Path) -> bool:
 
 
 def write_scores(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
-    """``scores.csv``: one row per test image, columns ``SCORES_FIELDS``."""
+    """``scores.csv``: one row per test image, columns ``SCORES_FIELDS``; text cells escaped
+    against spreadsheet formulas (``pdd.csv_cells``)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(SCORES_FIELDS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: escape_cell(value) for key, value in row.items()} for row in rows)
     atomic_write_text(path, buffer.getvalue())
 
 
 def read_scores(path: Path) -> list[dict[str, str]]:
     """The rows of a ``scores.csv`` as written by ``write_scores``."""
     with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [unescape_mapping(row) for row in csv.DictReader(handle)]  # type: ignore[misc]
 
 
 def write_json(path: Path, record: Mapping[str, Any]) -> None:

@@ -1,0 +1,146 @@
+"""Hostile input, round three: spreadsheet formulas in our CSVs, NaN models, overflowing arrays,
+colliding output names, concurrent predict runs, odd ``Detector`` arguments.
+
+The checkpoints hold the tiny ``fake`` model (engine_fakes); a "NaN checkpoint" is that model with
+one trainable weight filled with NaN, saved with ``runs.checkpoint.save`` as a broken training or a
+forged file would leave it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dicom_series import write_series
+from engine_fakes import create_fake
+from PIL import Image
+
+from pdd.cli import main
+from pdd.csv_cells import escape_cell, unescape_cell
+from pdd.data.synthetic import make_phantom, write_nifti
+from pdd.errors import PDDError
+from pdd.prediction.predict import PredictOptions, predict
+from pdd.runs import checkpoint
+
+FORMULA = '=HYPERLINK("http://evil.example";"x")'
+
+
+@pytest.fixture(autouse=True)
+def _fake(fake_model: None) -> None:
+    """Every test here uses the fake preset."""
+
+
+def _raw_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def _png(path: Path, seed: int = 0, size: int = 40) -> Path:
+    image, _ = make_phantom(np.random.default_rng(seed), size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "model.ckpt"
+    checkpoint.save(path, create_fake().eval(), threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0})
+    return path
+
+
+# --------------------------------------------------------------------------- 1. CSV injection
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (FORMULA, "'" + FORMULA),
+        ("+cmd1", "'+cmd1"),
+        ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        ("@SUM(1)", "'@SUM(1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("'quoted", "''quoted"),  # a leading quote is escaped too: the rule is reversible
+        ("-0.5", "-0.5"),  # numbers stay numbers
+        ("+1e-3", "+1e-3"),
+        ("-inf", "-inf"),
+        ("nan", "nan"),
+        ("-", "'-"),
+        ("plain/name.png", "plain/name.png"),
+        ("", ""),
+    ],
+)
+def test_csv_cell_escaping_is_owasp_and_reversible(value: str, written: str) -> None:
+    assert escape_cell(value) == written
+    assert unescape_cell(written) == value
+    assert escape_cell(-0.5) == -0.5  # numbers as numbers are never text cells
+
+
+def test_scores_csv_round_trip(tmp_path: Path) -> None:
+    from pdd.runs.folder import read_scores, write_scores
+
+    rows = [
+        {"path": "a.png", "label": "1", "score": "-0.25", "kind": FORMULA, "class_name": "+cmd1",
+         "heatmap": "'h.png"},
+    ]  # fmt: skip
+    write_scores(tmp_path / "scores.csv", rows)
+    raw = _raw_rows(tmp_path / "scores.csv")[1][:6]
+    assert raw == ["a.png", "1", "-0.25", "'" + FORMULA, "'+cmd1", "''h.png"]
+    back = read_scores(tmp_path / "scores.csv")
+    assert [{key: row[key] for key in rows[0]} for row in back] == rows
+
+
+def test_split_manifest_round_trip(tmp_path: Path) -> None:
+    from pdd.data.sample import Sample
+    from pdd.data.splits import read_manifest, write_manifest
+
+    root = tmp_path / "data"
+    train = [Sample(str(_png(root / f"t{k}.png", k)), 0, "good", group=f"g{k}") for k in range(2)]
+    holdout = [Sample(str(_png(root / "h.png", 5)), 0, "good", group="h")]
+    test = [
+        Sample(str(_png(root / FORMULA / "x.png", 7)), 1, FORMULA, group="+cmd1"),
+        Sample(str(_png(root / "n.png", 8)), 0, "good", group="@n"),
+    ]
+    write_manifest(tmp_path / "split.csv", {"train": train, "holdout": holdout, "test": test}, root)
+    raw = _raw_rows(tmp_path / "split.csv")
+    cells = [cell for row in raw for cell in row]
+    assert "'" + FORMULA in cells and "'+cmd1" in cells and "'@n" in cells
+    assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
+    back = read_manifest(tmp_path / "split.csv", root)
+    assert [(s.kind, s.group) for s in back["test"]] == [(FORMULA, "+cmd1"), ("good", "@n")]
+
+
+def test_benchmark_results_csv_escapes_names() -> None:
+    from pdd.benchmark.tables import ResultRow, results_csv
+
+    row = ResultRow(
+        dataset=FORMULA, preset="pdd", over="-x", teachers="random", seeds=(0,), mean={"image_auroc": 0.5}, std={}
+    )
+    line = list(csv.reader(results_csv([row]).splitlines()))[1]
+    assert line[0] == "'" + FORMULA and line[2] == "'-x"
+
+
+def test_predict_csvs_escape_patient_id_and_paths(
+    tmp_path: Path, good_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    slices = [np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)]
+    write_series(tmp_path / "in" / "series", slices, patient_id=FORMULA[:60])
+    _png(tmp_path / "in" / "+cmd.png")
+    (tmp_path / "in" / "@bad.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path / "in")
+    predict(PredictOptions(checkpoint=good_ckpt, inputs=(Path("."),), out=tmp_path / "out"))
+    volumes = _raw_rows(tmp_path / "out" / "volumes.csv")
+    assert volumes[1][2] == "'" + FORMULA[:60]
+    for name in ("scores.csv", "volumes.csv", "skipped.csv"):
+        for row in _raw_rows(tmp_path / "out" / name)[1:]:
+            for cell in row:
+                assert not cell.startswith(("=", "+", "@", "\t", "\r")), (name, cell)
+                assert not cell.startswith("-") or cell.lstrip("-").replace(".", "").replace("e", "").isdigit()
+    skipped = [unescape_cell(row[0]) for row in _raw_rows(tmp_path / "out" / "skipped.csv")[1:]]
+    assert any(Path(p).name == "@bad.png" for p in skipped)
