@@ -183,7 +183,7 @@ def manifest_text(parts: dict[str, Iterable[Sample]], root: str | Path) -> str:
                     s.class_name or "",
                     _relative(s.mask_path, root),
                     s.group or "",
-                ]
+                ])
             )
     return buffer.getvalue()
 

@@ -73,7 +73,7 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
                     row[1],
                     verdict,
                     scan.output,
-                )
+                ))
             )
     volumes = 0
     with open_text(out / f".{VOLUMES_FILE}.tmp", "w") as handle:
@@ -88,7 +88,7 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
                 escape_row((
                     scan.key, scan.kind, scan.patient_id, row[1], row[2],
                     decision(float(row[2]), threshold), row[3], context.options.scan_rule, scan.output,
-                )
+                ))
             )
     skipped = _merge_skipped(context, work)
     notes = _copy_notes(work, out)

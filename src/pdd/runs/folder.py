@@ -76,7 +76,7 @@ def write_scores(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
 
 
 def read_scores(path: Path) -> list[dict[str, str]]:
-    """The rows of a ``scores.csv`` as written by ``write_scores``."""
+    """The rows of a ``scores.csv`` as written by ``write_scores`` (original values)."""
     with path.open(newline="", encoding="utf-8") as handle:
         return [unescape_mapping(row) for row in csv.DictReader(handle)]  # type: ignore[misc]
 
