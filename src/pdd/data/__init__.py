@@ -4,18 +4,16 @@ Everything a model sees passes through :func:`read_image` (file -> float HxWx3 i
 :func:`to_model_input` (-> normalised tensor), so preprocessing is identical everywhere.
 """
 
-from pdd.data.datasets import (
+from pdd.data.groups import compile_group_pattern
+from pdd.data.image_dataset import ImageDataset
+from pdd.data.inputs import collect_inputs
+from pdd.data.layouts import FORMATS, detect_format, list_classes
+from pdd.data.loading import (
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_TEST_NORMAL_FRACTION,
-    FORMATS,
     DatasetSplit,
-    ImageDataset,
-    collect_inputs,
-    detect_format,
-    list_classes,
     load_dataset,
 )
-from pdd.data.groups import compile_group_pattern
 from pdd.data.readers import (
     MAX_PIXELS,
     MIN_SIDE,
