@@ -392,9 +392,9 @@ def test_jpeg_mask_noise_is_not_lesion_and_warns_once(
     """The issue's case: a JPEG of a 0/255 mask has ringing around the lesion (nonzero pixels
     outside it). Kills: counting nonzero pixels; the [0, 1] label rule applied to JPEG; warning
     never, or for every file."""
-    from pdd.data import readers
+    from pdd.data.readers import masks as readers_masks
 
-    monkeypatch.setattr(readers, "_WARNED_LOSSY", set())
+    monkeypatch.setattr(readers_masks, "_WARNED_LOSSY", set())
     mask = np.zeros((64, 64), np.uint8)
     mask[13:30, 20:38] = 255
     first, second = tmp_path / "a.jpg", tmp_path / "b.jpg"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdd.data.splits import Sample
+from pdd.data.sample import Sample
 
 __all__ = ["DicomGeometry", "Scan", "group_scans"]
 
