@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tracemalloc
+import warnings
 from collections import deque
 
 import numpy as np
@@ -149,25 +150,81 @@ def test_metric_error_is_a_pdd_error() -> None:
 # --------------------------------------------------------------------------- thresholds
 
 
-def test_threshold_from_normals_is_the_quantile_of_normal_scores() -> None:
-    normal_scores = np.arange(1, 101, dtype=float)  # 1..100
-    assert metrics.threshold_from_normals(normal_scores) == pytest.approx(95.05)
-    assert metrics.threshold_from_normals(normal_scores, quantile=1.0) == 100.0
-    assert metrics.threshold_from_normals(normal_scores, quantile=0.5) == pytest.approx(50.5)
+def test_conformal_threshold_is_the_k_th_smallest_normal_score() -> None:
+    normal_scores = np.arange(100, 0, -1, dtype=float)  # 100..1, any order
+    # k = ceil(101 * 0.95) = 96; ceil(101 * 0.5) = 51; ceil(101 * 0.99) = 100
+    chosen = metrics.conformal_threshold(normal_scores, 0.05)
+    assert (chosen.threshold, chosen.rank, chosen.n, chosen.alpha_used) == (96.0, 96, 100, 0.05)
+    assert metrics.conformal_threshold(normal_scores, 0.5).threshold == 51.0
+    assert metrics.conformal_threshold(normal_scores, 0.01).threshold == 100.0
+    record = chosen.record()
+    assert record["alpha"] == record["alpha_requested"] == 0.05 and record["n"] == 100
+    assert "at most 5 % of normal scans flagged" in record["guarantee"]
+
+
+def test_too_few_normals_warn_and_use_the_smallest_supported_rate() -> None:
+    # alpha = 0.05 needs n >= ceil(1/0.05) - 1 = 19: 19 normals are enough, 18 are not.
+    assert metrics.normals_needed(0.05) == 19
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enough = metrics.conformal_threshold(np.arange(19.0), 0.05)
+    assert (enough.rank, enough.alpha_used) == (19, 0.05)
+    with pytest.warns(UserWarning, match="needs at least 19"):
+        few = metrics.conformal_threshold(np.arange(8.0), 0.05)
+    assert few.threshold == 7.0 and few.alpha_used == pytest.approx(1 / 9)
+    assert few.record()["alpha_requested"] == 0.05
+    assert "needs at least 19 normals" in few.guarantee
+
+
+def _false_alarm_rates(n: int, draws: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Empirical false-alarm rate of a new normal score for the conformal threshold and for the
+    old ``np.quantile(.., 0.95)``, over ``draws`` independent sets of ``n`` normal scores."""
+    # Uniform scores: the conformal rate is the same for every continuous distribution; the
+    # interpolated quantile's depends on the shape, and the issue's table is for this one.
+    normals = rng.uniform(size=(draws, n))
+    new = rng.uniform(size=draws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n = 8 is too few for 5 %: tested above
+        chosen = [metrics.conformal_threshold(row, 0.05) for row in normals]
+    conformal = np.array([c.threshold for c in chosen])
+    old = np.quantile(normals, 0.95, axis=1)
+    return float(np.mean(new > conformal)), float(np.mean(new > old)), chosen[0].alpha_used
+
+
+@pytest.mark.parametrize(("n", "old_expected"), [(8, 0.151), (20, 0.093), (50, 0.067)])
+def test_conformal_threshold_keeps_its_false_alarm_promise(n: int, old_expected: float) -> None:
+    draws = 20_000
+    conformal, old, alpha_used = _false_alarm_rates(n, draws, np.random.default_rng(n))
+    error = 3 * np.sqrt(alpha_used * (1 - alpha_used) / draws)  # three Monte-Carlo std errors
+    assert conformal <= alpha_used + error
+    assert alpha_used == (0.05 if n >= 19 else pytest.approx(1 / (n + 1)))
+    # The issue's table: the 0.95 quantile flags far more than 5 % of normals at these sizes.
+    assert old == pytest.approx(old_expected, abs=0.008)
+    assert old > 0.05 + 3 * np.sqrt(0.05 * 0.95 / draws)
+    if n == 8:
+        assert old > alpha_used + error  # even above the best rate 8 normals can promise
+
+
+def test_p_values_against_a_hand_computation() -> None:
+    normals = [0.2, 0.5, 0.5, 0.9]  # n = 4
+    # s = 0.1: all 4 >= s -> 5/5; 0.5: 3 (0.5, 0.5, 0.9) -> 4/5; 0.7: 1 -> 2/5; 1.0: 0 -> 1/5
+    assert metrics.p_values(normals, [0.1, 0.5, 0.7, 1.0]).tolist() == pytest.approx(
+        [1.0, 0.8, 0.4, 0.2]
+    )
 
 
 @pytest.mark.parametrize(
-    ("scores", "quantile", "message"),
+    ("scores", "alpha", "message"),
     [
-        ([], 0.95, "empty"),
-        ([0.1, float("nan")], 0.95, "NaN"),
-        ([0.1, 0.2], 0.0, "quantile"),
-        ([0.1, 0.2], 1.5, "quantile"),
+        ([], 0.05, "empty"),
+        ([0.1, float("nan")], 0.05, "NaN"),
+        ([0.1, 0.2], 0.0, "alpha"),
+        ([0.1, 0.2], 1.0, "alpha"),
     ],
 )
-def test_threshold_from_normals_bad_input(scores, quantile, message) -> None:
+def test_conformal_threshold_bad_input(scores, alpha, message) -> None:
     with pytest.raises(MetricError, match=message):
-        metrics.threshold_from_normals(scores, quantile=quantile)
+        metrics.conformal_threshold(scores, alpha)
 
 
 def test_sensitivity_specificity_uses_strictly_greater() -> None:

@@ -1,5 +1,5 @@
-"""Evaluating one trained model: threshold and colour scale from held-out normals, test metrics,
-``scores.csv`` and heatmap overlays.
+"""Evaluating one trained model: threshold (with its false-alarm promise) and colour scale from
+held-out normals, test metrics, ``scores.csv`` (with conformal p-values) and heatmap overlays.
 
 Test images never influence the threshold or the colour scale: both come from the held-out normals.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,24 @@ from pdd.evaluation import metrics
 from pdd.evaluation.aggregate import mean_over
 from pdd.evaluation.scoring import Scored, Scorer
 from pdd.evaluation.scoring_loop import LightningScorer
+from pdd.prediction.rules import DEFAULT_SCAN_RULE, scan_score
 from pdd.report.heatmap import save_overlay
 from pdd.runs.folder import write_scores
 
 __all__ = [
     "HEATMAPS_PER_END",
     "NO_THRESHOLD",
+    "Calibration",
+    "ScanCalibration",
     "calibrate",
-    "class_thresholds",
     "colour_scale",
     "evaluate_test",
+    "p_value_cells",
+    "scan_calibration",
     "score_test",
     "split_record",
+    "uncalibrated",
+    "volume_scores",
     "write_heatmaps",
 ]
 
@@ -38,9 +45,122 @@ HEATMAPS_PER_END = 8
 """Overlays are written for this many highest- and lowest-scoring test images."""
 
 
-def calibrate(holdout: Scored) -> tuple[float, dict[str, float]]:
-    """Decision threshold (0.95 quantile of held-out normal scores) and the heatmap colour scale."""
-    return metrics.threshold_from_normals(holdout.scores), colour_scale(holdout)
+@dataclass(frozen=True)
+class Calibration:
+    """What a trained model is deployed with: threshold(s) with their promise, the normal scores
+    p-values are computed against, and the heatmap colour scale.
+
+    ``scan``: the same for whole volumes when the normals are NIfTI slices (the scan score rule
+    over each held-out normal volume's slices; scans, not slices, are the exchangeable units).
+    """
+
+    conformal: metrics.ConformalThreshold | None
+    normal_scores: list[float]
+    class_conformal: dict[str, metrics.ConformalThreshold]
+    scan: ScanCalibration | None
+    map_stats: dict[str, float]
+    map_stats_from: str  # which normal images set the colour scale
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.conformal is None else self.conformal.threshold
+
+    @property
+    def class_thresholds(self) -> dict[str, float] | None:
+        """Per-class thresholds of a joint model (None for one class)."""
+        if len(self.class_conformal) < 2:
+            return None
+        return {name: chosen.threshold for name, chosen in self.class_conformal.items()}
+
+    def record(self) -> dict[str, Any]:
+        """What metrics.json says about the threshold(s): alpha asked and used, n, the promise."""
+        result: dict[str, Any] = {
+            "threshold_calibration": None if self.conformal is None else self.conformal.record()
+        }
+        if self.class_thresholds is not None:
+            result["class_calibration"] = {
+                name: chosen.record() for name, chosen in self.class_conformal.items()
+            }
+        if self.scan is not None:
+            result["scan_calibration"] = self.scan.record()
+        return result
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Checkpoint metadata; a checkpoint without ``threshold`` makes no decisions."""
+        meta: dict[str, Any] = {"map_stats": self.map_stats}
+        if self.conformal is not None:
+            meta["threshold"] = self.conformal.threshold
+            meta["normal_scores"] = list(self.normal_scores)
+        meta.update({k: v for k, v in self.record().items() if v is not None})
+        if self.class_thresholds is not None:
+            meta["class_thresholds"] = self.class_thresholds
+        if self.scan is not None:
+            meta["scan_threshold"] = self.scan.conformal.threshold
+            meta["scan_calibration"] = self.scan.record(with_scores=True)
+        return meta
+
+
+@dataclass(frozen=True)
+class ScanCalibration:
+    """Threshold and normal scan scores for whole scans under ``rule``."""
+
+    rule: str
+    conformal: metrics.ConformalThreshold
+    normal_scores: list[float]
+
+    def record(self, *, with_scores: bool = False) -> dict[str, Any]:
+        record = {"scan_rule": self.rule, **self.conformal.record()}
+        if with_scores:
+            record["normal_scores"] = list(self.normal_scores)
+        return record
+
+
+def calibrate(holdout: Scored, samples: Sequence[Sample], alpha: float) -> Calibration:
+    """Threshold(s) at false-alarm rate ``alpha`` (``metrics.conformal_threshold``) and the colour
+    scale, from the scored held-out normals ``samples`` only."""
+    scores = holdout.scores
+    per_class = {}
+    names = sorted({s.class_name for s in samples if s.class_name is not None})
+    for name in names if len(names) > 1 else []:  # a joint model: one threshold per class too
+        mine = [i for i, s in enumerate(samples) if s.class_name == name]
+        per_class[name] = metrics.conformal_threshold(scores[mine], alpha)
+    return Calibration(
+        metrics.conformal_threshold(scores, alpha),
+        [float(v) for v in scores],
+        per_class,
+        scan_calibration(samples, scores, alpha),
+        colour_scale(holdout),
+        "held-out normals",
+    )
+
+
+def uncalibrated(normals: Scored, source: str) -> Calibration:
+    """No held-out normals: no threshold, a display-only colour scale from ``source``."""
+    return Calibration(None, [], {}, None, colour_scale(normals), source)
+
+
+def volume_scores(
+    samples: Sequence[Sample], scores: np.ndarray, rule: str = DEFAULT_SCAN_RULE
+) -> dict[tuple[str | None, str], float]:
+    """Scan score (``rule`` over its slices) of every NIfTI volume among ``samples``."""
+    slices: dict[tuple[str | None, str], list[float]] = {}
+    for sample, score in zip(samples, scores):
+        if sample.slice_index is not None:
+            slices.setdefault((sample.class_name, sample.path), []).append(float(score))
+    return {key: scan_score(values, rule) for key, values in slices.items()}
+
+
+def scan_calibration(
+    samples: Sequence[Sample], scores: np.ndarray, alpha: float
+) -> ScanCalibration | None:
+    """Scan-level threshold over the held-out normal volumes; None without volumes."""
+    per_volume = volume_scores(samples, scores)
+    if not per_volume:
+        return None
+    values = [per_volume[key] for key in sorted(per_volume, key=lambda k: (k[0] or "", k[1]))]
+    return ScanCalibration(
+        DEFAULT_SCAN_RULE, metrics.conformal_threshold(values, alpha), values
+    )
 
 
 def colour_scale(normals: Scored) -> dict[str, float]:
@@ -51,15 +171,6 @@ def colour_scale(normals: Scored) -> dict[str, float]:
     if map_stats["vmax"] <= map_stats["vmin"]:
         map_stats["vmax"] = map_stats["vmin"] + 1e-6
     return map_stats
-
-
-def class_thresholds(samples: Sequence[Sample], scores: np.ndarray) -> dict[str, float]:
-    """Per-class thresholds of a joint model: the same quantile over each class's held-out normals."""
-    thresholds = {}
-    for name in sorted({s.class_name for s in samples if s.class_name is not None}):
-        mine = [i for i, s in enumerate(samples) if s.class_name == name]
-        thresholds[name] = metrics.threshold_from_normals(scores[mine])
-    return thresholds
 
 
 def score_test(scorer: Scorer | LightningScorer, split: DatasetSplit) -> Scored | None:
@@ -84,8 +195,12 @@ def evaluate_test(
     folder: Path,
     *,
     class_thresholds: Mapping[str, float] | None = None,
+    normal_scores: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the scored test images; scores.csv and heatmap overlays in ``folder``.
+
+    ``normal_scores`` (the held-out normal scores kept in the checkpoint) give each image its
+    p-value in scores.csv; without them (an older checkpoint) the column is empty.
 
     The metrics are over every test image. When the test set holds several classes (a joint
     model), ``classes`` adds each class's metrics from the same scores (and its own threshold from
@@ -105,6 +220,7 @@ def evaluate_test(
         result["pooled_over"] = "images of every class (one model)"
     result["map_stats"] = dict(map_stats)
     heatmaps = write_heatmaps(split.test, scored.extremes, map_stats, folder)
+    p_values = p_value_cells(normal_scores, scored.scores)
     rows = [
         {
             "path": sample.key,
@@ -113,11 +229,19 @@ def evaluate_test(
             "kind": sample.kind,
             "class_name": sample.class_name or "",
             "heatmap": heatmaps.get(index, ""),
+            "p_value": p_values[index],
         }
         for index, (sample, score) in enumerate(zip(split.test, scored.scores))
     ]
     write_scores(folder / "scores.csv", rows)
     return result
+
+
+def p_value_cells(normal_scores: Sequence[float] | None, scores: Sequence[float]) -> list[str]:
+    """scores.csv cells: each score's conformal p-value, or empty without stored normal scores."""
+    if not normal_scores:
+        return [""] * len(scores)
+    return [repr(float(p)) for p in metrics.p_values(normal_scores, np.asarray(scores))]
 
 
 NO_THRESHOLD = "no held-out normal images (--holdout-fraction 0): no threshold, no decisions"

@@ -1,4 +1,5 @@
-"""Evaluation metrics: image- and pixel-level AUROC, AP, F1-max, AUPRO, and decision thresholds.
+"""Evaluation metrics: image- and pixel-level AUROC, AP, F1-max, AUPRO, decision thresholds with a
+finite-sample false-alarm guarantee, and conformal p-values.
 
 Conventions (shared by every function here):
 
@@ -23,6 +24,7 @@ have the same resolution.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +41,15 @@ from sklearn.metrics import (
 from pdd.errors import PDDError
 
 __all__ = [
+    "ConformalThreshold",
     "MetricError",
     "aupro",
+    "conformal_threshold",
     "image_metrics",
+    "normals_needed",
+    "p_values",
     "pixel_metrics",
     "sensitivity_specificity",
-    "threshold_from_normals",
 ]
 
 DEFAULT_MAX_THRESHOLDS = 20_000
@@ -134,16 +139,85 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     }
 
 
-def threshold_from_normals(scores: ArrayLike, *, quantile: float = 0.95) -> float:
-    """Decision threshold from held-out NORMAL scores only: their ``quantile`` (linear interpolation).
+@dataclass(frozen=True)
+class ConformalThreshold:
+    """A decision threshold with its finite-sample promise (split conformal / order statistics).
 
-    With the rule ``anomalous iff score > threshold``, about ``quantile`` of normal scans stay below
-    it, i.e. the target specificity is ``quantile``. Test images must never be passed here.
+    For ``n`` held-out normal scores and a new normal scan exchangeable with them, flagging
+    ``score > threshold`` with ``threshold`` the k-th smallest score, k = ceil((n + 1)(1 - alpha)),
+    flags it with probability at most (n + 1 - k) / (n + 1) <= alpha. When k > n no threshold can
+    promise ``alpha``; the smallest rate ``n`` supports, 1 / (n + 1), is used (threshold = the
+    highest normal score) and ``alpha_used`` says so.
     """
-    if not 0.0 < quantile <= 1.0:
-        raise MetricError(f"quantile must be in (0, 1], got {quantile}")
-    values = _scores_1d(scores, "normal scores")
-    return float(np.quantile(values, quantile))
+
+    threshold: float
+    alpha_requested: float
+    alpha_used: float
+    n: int
+    rank: int  # k: the threshold is the k-th smallest normal score
+
+    @property
+    def guarantee(self) -> str:
+        """The promise in words, for metrics.json, the checkpoint and the report."""
+        text = (
+            f"at most {100 * self.alpha_used:.3g} % of normal scans flagged, for scans like these "
+            f"{self.n} held-out normals (threshold = {self.rank}-th smallest of their scores)"
+        )
+        if self.alpha_used > self.alpha_requested:
+            text += (
+                f"; {100 * self.alpha_requested:.3g} % was asked for, which needs at least "
+                f"{normals_needed(self.alpha_requested)} normals"
+            )
+        return text
+
+    def record(self) -> dict[str, Any]:
+        """Plain JSON-able description (metrics.json, checkpoint meta)."""
+        return {
+            "threshold": self.threshold,
+            "alpha_requested": self.alpha_requested,
+            "alpha": self.alpha_used,
+            "n": self.n,
+            "rank": self.rank,
+            "rule": "conformal: k-th smallest held-out normal score, k = ceil((n + 1)(1 - alpha))",
+            "guarantee": self.guarantee,
+        }
+
+
+def normals_needed(alpha: float) -> int:
+    """Smallest number of normal scores for which the conformal rule can promise ``alpha``."""
+    return max(math.ceil(1.0 / alpha - 1e-12) - 1, 1)
+
+
+def conformal_threshold(scores: ArrayLike, alpha: float) -> ConformalThreshold:
+    """Decision threshold from held-out NORMAL scores only (``ConformalThreshold`` says what it
+    promises); warns once when there are too few normals for ``alpha``. Test images must never be
+    passed here."""
+    if not 0.0 < alpha < 1.0:
+        raise MetricError(f"false-alarm rate alpha must be in (0, 1), got {alpha}")
+    values = np.sort(_scores_1d(scores, "normal scores"))
+    n = values.size
+    # The small tolerance keeps e.g. (19 + 1) * 0.95 = 19.000000000000004 at 19, not 20.
+    rank = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    alpha_used = float(alpha)
+    if rank > n:
+        rank, alpha_used = n, 1.0 / (n + 1)
+        warnings.warn(
+            f"{n} held-out normal scores cannot promise a false-alarm rate of {alpha:g}: that "
+            f"needs at least {normals_needed(alpha)}; using the smallest rate {n} supports, "
+            f"1/(n + 1) = {alpha_used:.3g} (threshold = the highest normal score)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return ConformalThreshold(float(values[rank - 1]), float(alpha), alpha_used, n, rank)
+
+
+def p_values(normal_scores: ArrayLike, scores: ArrayLike) -> npt.NDArray[np.float64]:
+    """Conformal p-values: (1 + #{normal scores >= s}) / (n + 1) for each score ``s``; small means
+    unusual for a normal scan (a normal scan's p-value is at most u with probability at most u)."""
+    normals = np.sort(_scores_1d(normal_scores, "normal scores"))
+    values = _scores_1d(scores)
+    at_or_above = normals.size - np.searchsorted(normals, values, side="left")
+    return (1.0 + at_or_above) / (normals.size + 1.0)
 
 
 def sensitivity_specificity(

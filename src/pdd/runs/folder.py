@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 TRAINING_STATE = "training_state.ckpt"
-SCORES_FIELDS = ("path", "label", "score", "kind", "class_name", "heatmap")
-"""Columns of ``scores.csv``, in order."""
+SCORES_FIELDS = ("path", "label", "score", "kind", "class_name", "heatmap", "p_value")
+"""Columns of ``scores.csv``, in order (``p_value`` empty when the checkpoint has no stored normal
+scores; files written before it existed lack the column)."""
 _RUN_FILES = ("config.yaml", "metrics.json", "scores.csv", "model.ckpt", TRAINING_STATE)
 
 

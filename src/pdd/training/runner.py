@@ -31,12 +31,13 @@ from pdd import __version__, create_model
 from pdd.data import DatasetSplit, list_classes, load_dataset
 from pdd.errors import ConfigError, DataError
 from pdd.evaluation.evaluate import (
+    Calibration,
     calibrate,
-    class_thresholds,
     colour_scale,
     evaluate_test,
     score_test,
     split_record,
+    uncalibrated,
 )
 from pdd.evaluation.scoring import Scorer
 from pdd.evaluation.scoring_loop import Devices, LightningScorer
@@ -52,6 +53,7 @@ from pdd.runs.folder import (
     write_yaml,
 )
 from pdd.runs.ranks import is_global_zero_from_env
+from pdd.training import feature_cache as teacher_cache
 from pdd.training.loggers import build_loggers
 from pdd.training.module import AnomalyModule
 from pdd.training.options import (
@@ -180,9 +182,11 @@ def test(
         map_stats,
         out,
         class_thresholds=meta.get("class_thresholds"),
+        normal_scores=meta.get("normal_scores"),
     )
     record = {
         **result,
+        "threshold_calibration": meta.get("threshold_calibration"),
         **split_record(split, "split.csv"),
         "preset": meta["preset"],
         "teachers": meta["config"]["teachers"],
@@ -342,7 +346,8 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     if leader:
         _write_run_config(options, run, model.config, split)
 
-    module = AnomalyModule(model)
+    feature_cache = teacher_cache.for_training(options.feature_cache, model, len(split.train))
+    module = AnomalyModule(model, feature_cache)
     trainer = build_trainer(
         options,
         state_path,
@@ -351,8 +356,11 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         loggers=build_loggers(options.logger, run.folder, _run_name(options, run)),
     )
     data = TrainData(
-        split.train, image_size, batch_size, run.seed, options.num_workers
+        split.train, image_size, batch_size, run.seed, options.num_workers,
+        pixel_keys=feature_cache is not None,
     )
+    if leader and options.progress and feature_cache is not None:
+        print(feature_cache.describe())
     started = time.monotonic()
     with warnings.catch_warnings():
         # The teachers are frozen in eval mode on purpose.
@@ -371,6 +379,8 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     train_seconds = time.monotonic() - started
     if not trainer.is_global_zero:
         return None
+    if options.progress and feature_cache is not None:
+        print(feature_cache.summary())
 
     started = time.monotonic()
     device = trainer.strategy.root_device
@@ -383,7 +393,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         trainer.precision_plugin.forward_context,
         options.progress,
     )
-    calibration = _calibrate(scorer, split)
+    calibration = _calibrate(scorer, split, options.fpr)
     history = [dict(entry) for entry in module.history]
     batches = {
         "batch_size": batch_size,
@@ -423,14 +433,20 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         calibration.map_stats,
         run.folder,
         class_thresholds=calibration.class_thresholds,
+        normal_scores=calibration.normal_scores,
     )
     record = {
         **result,
+        **calibration.record(),
         **split_record(split, "split.csv"),
         **about,
         "teacher_identity": model.teacher_identity(),
         "map_stats_from": calibration.map_stats_from,
         "final_train_loss": history[-1]["loss"] if history else None,
+        # this process's (rank 0's) hits and misses
+        "feature_cache": feature_cache.record()
+        if feature_cache is not None
+        else teacher_cache.off_record(options.feature_cache),
         "timing": {
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(time.monotonic() - started, 3),
@@ -479,34 +495,12 @@ def _write_run_config(
     split.write_manifest(run.folder / "split.csv")
 
 
-@dataclass(frozen=True)
-class _Calibration:
-    """What a trained model is deployed with: threshold(s) and the heatmap colour scale."""
-
-    threshold: float | None
-    class_thresholds: dict[str, float] | None
-    map_stats: dict[str, float]
-    map_stats_from: str  # which normal images set the colour scale
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        """Checkpoint metadata; a checkpoint without ``threshold`` makes no decisions."""
-        meta: dict[str, Any] = {"map_stats": self.map_stats}
-        if self.threshold is not None:
-            meta["threshold"] = self.threshold
-        if self.class_thresholds:
-            meta["class_thresholds"] = self.class_thresholds
-        return meta
-
-
-def _calibrate(scorer: Scorer, split: DatasetSplit) -> _Calibration:
-    """Threshold and colour scale from the held-out normals; with none held out (holdout fraction
-    0) no threshold, and the colour scale from the training normals (display only)."""
+def _calibrate(scorer: Scorer, split: DatasetSplit, fpr: float) -> Calibration:
+    """Threshold at false-alarm rate ``fpr`` and colour scale from the held-out normals; with none
+    held out (holdout fraction 0) no threshold, and the colour scale from the training normals
+    (display only)."""
     if not split.holdout:
         normals = scorer.score(split.train, "scoring training normals", keep_maps=True)
-        return _Calibration(None, None, colour_scale(normals), "training normals (no holdout)")
+        return uncalibrated(normals, "training normals (no holdout)")
     holdout = scorer.score(split.holdout, "scoring held-out normals", keep_maps=True)
-    threshold, map_stats = calibrate(holdout)
-    per_class = class_thresholds(split.holdout, holdout.scores)
-    return _Calibration(
-        threshold, per_class if len(per_class) > 1 else None, map_stats, "held-out normals"
-    )
+    return calibrate(holdout, split.holdout, fpr)
