@@ -1,0 +1,1 @@
+"""Run bookkeeping: run-folder I/O, folder locks, process ranks, model checkpoints."""
