@@ -18,11 +18,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from pdd.errors import PDDError
+
+if TYPE_CHECKING:  # torch and numpy are imported where used: `pdd --help` must not wait for them
+    import numpy as np
+    import torch
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -80,6 +82,8 @@ def export_onnx(
     run through both PyTorch and onnxruntime; the file is only written if they agree within
     :data:`MAP_TOLERANCE` / :data:`SCORE_TOLERANCE` (relative to the largest value).
     """
+    import torch
+
     from pdd.runs.checkpoint import load
 
     _require_onnx_packages()
@@ -173,6 +177,7 @@ def _written_opset(onnx_path: Path) -> int | None:
 def _compare(model: torch.nn.Module, onnx_path: Path, image_size: int, batch: int) -> tuple[float, float]:
     """Largest relative |ONNX - PyTorch| over maps and scores for batches of ``batch`` and 1."""
     import onnxruntime
+    import torch
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1234)
@@ -188,6 +193,8 @@ def _compare(model: torch.nn.Module, onnx_path: Path, image_size: int, batch: in
 
 
 def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    import numpy as np
+
     if actual.shape != expected.shape:
         return float("inf")
     scale = max(float(np.abs(expected).max()), 1e-12)

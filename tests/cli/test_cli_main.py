@@ -127,3 +127,80 @@ def test_presets_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list_presets()
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # every preset has a description
+
+
+# --------------------------------------------------------------------------- no torch for help
+
+# Runs `pdd ARGS` in a fresh interpreter where importing torch or lightning fails and is recorded:
+# a command that does not run a model must answer without them (they take seconds to import).
+_WITHOUT_TORCH = """
+import importlib.abc, json, sys
+
+HEAVY = ("torch", "lightning", "pytorch_lightning", "torchvision")
+tried = []
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            tried.append(name)
+            raise ImportError(f"{name} is blocked by the test")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from pdd.cli import main
+status = main(json.loads(sys.argv[1]))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+print("RESULT", json.dumps({"status": status, "tried": tried, "loaded": loaded}), file=sys.stderr)
+"""
+
+
+def _command_lines() -> list[list[str]]:
+    """``--help`` of every command and sub-command the parser knows, found by walking it, so a
+    command registered later is checked too."""
+    import argparse
+
+    from pdd.cli import build_parser
+
+    lines: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    lines.append([*prefix, name, "--help"])
+                    walk(child, [*prefix, name])
+
+    walk(build_parser(), [])
+    return lines
+
+
+def _run_without_torch(argv: list[str]) -> tuple[dict[str, object], str]:
+    import json
+
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, json.dumps(argv)], check=False,
+                          capture_output=True, text=True, timeout=120)
+    results = [line for line in done.stderr.splitlines() if line.startswith("RESULT ")]
+    assert results, f"pdd {' '.join(argv)} crashed:\n{done.stderr[-3000:]}"
+    return json.loads(results[-1].removeprefix("RESULT ")), done.stdout
+
+
+def test_the_command_table_covers_every_command() -> None:
+    commands = {line[0] for line in _command_lines()}
+    assert {"demo", "fit", "test", "predict", "export", "report", "presets", "weights"} <= commands
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["presets"], *_command_lines()],
+                         ids=" ".join)
+def test_commands_that_run_no_model_do_not_import_torch(argv: list[str]) -> None:
+    """Kills: a command module (or what its ``register`` reads, such as ``pdd.export``'s opset
+    constants) importing torch or lightning at import time."""
+    result, out = _run_without_torch(argv)
+    assert result == {"status": 0, "tried": [], "loaded": []}
+    assert out.strip()
+
+
+def test_presets_without_torch_lists_the_presets() -> None:
+    from pdd.config import list_presets
+
+    _, out = _run_without_torch(["presets"])
+    assert [line.split()[0] for line in out.splitlines()] == list_presets()
