@@ -1,0 +1,48 @@
+"""The teachers' official weight files: registry, cache, download with checksum, import, verify.
+
+Pretrained teachers are the method, so a missing or altered weight file is always an error, never
+a silent switch to random weights. Files live in ``cache_dir()/weights/`` with a small manifest
+beside them that records how each file got there and the SHA-256 it had.
+
+- :mod:`.registry`   the published files (:class:`WeightSpec`) and each teacher's default
+- :mod:`.cache`      the cache root (``$PDD_CACHE_DIR``, ...) and where each file lives in it
+- :mod:`.manifest`   the manifest, and which hash a file must have (registry, first use, accepted)
+- :mod:`.state_dict` loading a weights file without running code from it; SHA-256 of a file
+- :mod:`.fetch`      ``download`` and ``import_file`` into the cache
+- :mod:`.inventory`  ``resolve`` (the file a teacher loads), ``verify``, ``list_weights``
+"""
+
+from pdd.teachers.weights.cache import cache_dir, cached_path, weights_dir
+from pdd.teachers.weights.fetch import download, import_file
+from pdd.teachers.weights.inventory import VerifyResult, list_weights, resolve, verify
+from pdd.teachers.weights.manifest import Basis
+from pdd.teachers.weights.registry import (
+    DEFAULT_WEIGHTS,
+    WEIGHTS,
+    TeacherName,
+    WeightFormat,
+    WeightSpec,
+    get_spec,
+)
+from pdd.teachers.weights.state_dict import read_state_dict, sha256_file
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "WEIGHTS",
+    "Basis",
+    "TeacherName",
+    "VerifyResult",
+    "WeightFormat",
+    "WeightSpec",
+    "cache_dir",
+    "cached_path",
+    "download",
+    "get_spec",
+    "import_file",
+    "list_weights",
+    "read_state_dict",
+    "resolve",
+    "sha256_file",
+    "verify",
+    "weights_dir",
+]
