@@ -144,3 +144,30 @@ def test_predict_csvs_escape_patient_id_and_paths(
                 assert not cell.startswith("-") or cell.lstrip("-").replace(".", "").replace("e", "").isdigit()
     skipped = [unescape_cell(row[0]) for row in _raw_rows(tmp_path / "out" / "skipped.csv")[1:]]
     assert any(Path(p).name == "@bad.png" for p in skipped)
+
+
+# --------------------------------------------------------------------------- 2. unsafe pickles
+
+
+class _RunsCode:
+    """Unpickling this would call os.system: what a hostile checkpoint carries."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("loader", ["released", "ours"])
+def test_unsafe_pickle_refusal_never_advises_weights_only_false(tmp_path: Path, loader: str) -> None:
+    from pdd.errors import CheckpointError
+    from pdd.models.released import read_released
+
+    path = tmp_path / "evil.pth"
+    payload = {"decoder": {"x": _RunsCode()}} if loader == "released" else {"format": "pdd-model", "x": _RunsCode()}
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as err:
+        read_released(path) if loader == "released" else checkpoint.load(path)
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message and "False" not in message
+    assert "system" in message  # what was refused is still named

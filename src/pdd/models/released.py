@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pdd.errors import CheckpointError
 from pdd.models.base import AnomalyModel
+from pdd.pickle_refusal import refusal_reason
 
 __all__ = [
     "PRESET",
@@ -90,10 +91,8 @@ def read_released(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         payload: Any = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = str(exc).strip().splitlines()
         raise CheckpointError(
-            f"{path}: not a safe checkpoint (refused by weights-only loading: "
-            f"{lines[0] if lines else type(exc).__name__})"
+            f"{path}: not a safe checkpoint (refused by weights-only loading: {refusal_reason(exc)})"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(

@@ -25,6 +25,7 @@ from torch import nn
 from pdd import __version__
 from pdd.errors import CheckpointError, PDDError, WeightsError
 from pdd.fileio import atomic_torch_save
+from pdd.pickle_refusal import refusal_reason
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 
@@ -84,7 +85,7 @@ def _read(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: not a safe PDD checkpoint: it holds Python objects that safe loading refuses "
-            f"({_unpickler_reason(exc)})"
+            f"({refusal_reason(exc)})"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
@@ -121,17 +122,6 @@ def _read(path: Path) -> dict[str, Any]:
                 f"{path}: checkpoint is incomplete ('{key}' missing or malformed)"
             )
     return payload
-
-
-def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
-    """The refusal's reason without torch's advice to retry with ``weights_only=False``: that runs
-    any code the file holds, and a file we do not recognise is exactly the one not to trust."""
-    text = str(exc)
-    _, marker, reason = text.partition("WeightsUnpickler error:")
-    if not marker:
-        reason = text if "weights_only" not in text else ""
-    reason = " ".join(reason.split()).split(". ")[0].strip().rstrip(".")
-    return reason or type(exc).__name__
 
 
 def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
