@@ -107,7 +107,7 @@ def test_scores_volumes_overlays_and_maps(tmp_path: Path, inputs: dict, model_an
     assert calls[-1] == (8, 8)
     assert result.scored == 8 and result.volumes == 2 and result.skipped == 0
     rows = _rows(tmp_path / "scores.csv")
-    assert list(rows[0]) == ["path", "scan", "slice", "score", "decision", "heatmap"]
+    assert list(rows[0]) == ["path", "scan", "slice", "score", "decision", "heatmap", "p_value"]
     expected = _reads(inputs)
     assert [row["path"] for row in rows] == [path for path, _ in expected]
 

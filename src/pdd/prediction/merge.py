@@ -20,7 +20,7 @@ from pdd.csv_cells import escape_row, unescape_row
 from pdd.errors import DataError
 from pdd.fileio import atomic_write_text
 from pdd.prediction.plan import open_text, read_complete_rows
-from pdd.prediction.rules import ANOMALOUS, decision
+from pdd.prediction.rules import ANOMALOUS, decision, p_value
 from pdd.prediction.run import (
     COLLECTED_SKIPS_FILE,
     NOTES_FILE,
@@ -57,7 +57,7 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
     scored = anomalous = 0
     with open_text(out / f".{SCORES_FILE}.tmp", "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("path", "scan", "slice", "score", "decision", "heatmap"))
+        writer.writerow(("path", "scan", "slice", "score", "decision", "heatmap", "p_value"))
         for row in _sorted_rows("scores-*.csv", work):
             item = plan.items[int(row[0])]
             scan = plan.scans[item.scan]
@@ -73,21 +73,25 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
                     row[1],
                     verdict,
                     scan.output,
+                    _cell(p_value(value, context.normal_scores)),
                 ))
             )
     volumes = 0
     with open_text(out / f".{VOLUMES_FILE}.tmp", "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(
-            ("scan", "kind", "patient_id", "num_slices", "score", "decision", "max_slice", "rule", "map")
+            ("scan", "kind", "patient_id", "num_slices", "score", "decision", "max_slice", "rule", "map",
+             "p_value")
         )
+        scan_threshold, scan_normals = context.scan_reference or (threshold, None)
         for row in _sorted_rows("volumes-*.csv", work):
             scan = plan.scans[int(row[0])]
             volumes += 1
             writer.writerow(
                 escape_row((
                     scan.key, scan.kind, scan.patient_id, row[1], row[2],
-                    decision(float(row[2]), threshold), row[3], context.options.scan_rule, scan.output,
+                    decision(float(row[2]), scan_threshold), row[3], context.options.scan_rule,
+                    scan.output, _cell(p_value(float(row[2]), scan_normals)),
                 ))
             )
     skipped = _merge_skipped(context, work)
@@ -127,6 +131,10 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def _merge_skipped(context: RunContext, work: Path) -> list[tuple[str, str]]:

@@ -6,10 +6,13 @@ What a run writes in its output folder:
   ``scan`` (the volume's path or the series' SeriesInstanceUID, empty for a single image),
   ``slice`` (position in the scan), ``score``, ``decision`` (``anomalous`` iff score > the
   checkpoint's threshold; empty when the checkpoint has none), ``heatmap`` (the file holding its
-  map: a PNG overlay for an image, the scan's map file/folder for a slice).
+  map: a PNG overlay for an image, the scan's map file/folder for a slice), ``p_value`` (against
+  the checkpoint's stored held-out normal scores; empty for a checkpoint without them).
 - ``volumes.csv``: one row per NIfTI volume or DICOM series: ``scan``, ``kind``, ``patient_id``,
   ``num_slices``, ``score`` (the scan rule over its slice scores), ``decision``, ``max_slice``
-  (position of the most anomalous slice), ``rule``, ``map``.
+  (position of the most anomalous slice), ``rule``, ``map``, ``p_value``; a checkpoint calibrated
+  on normal volumes with the same rule decides scans by its scan threshold and gives their
+  p-values against its normal scan scores (otherwise: the slice threshold, no p-value).
 - ``maps/<name>_anomaly.nii.gz`` (NIfTI inputs) and ``dicom/<series UID>/`` (derived DICOM series),
   see ``pdd.prediction.scan_maps``; ``heatmaps/*.png`` overlays for 2-D images, coloured with the
   checkpoint's fixed map statistics (never per image).
@@ -54,7 +57,9 @@ from pdd.prediction.plan import Plan
 from pdd.prediction.rules import (
     DEFAULT_SCAN_RULE,
     parse_scan_rule,
+    scan_reference,
     scan_score,
+    stored_normal_scores,
     stored_statistics,
 )
 from pdd.prediction.run import (
@@ -311,6 +316,8 @@ def _execute(
         image_size=int(model.config["image_size"]),
         checkpoint_name=options.checkpoint.name,
         on_progress=on_progress,
+        normal_scores=stored_normal_scores(meta),
+        scan_reference=scan_reference(meta, options.scan_rule),
     )
     writer = next(c for c in trainer.callbacks if isinstance(c, BatchWriter))
     writer.context = context

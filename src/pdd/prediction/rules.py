@@ -20,8 +20,11 @@ __all__ = [
     "DEFAULT_SCAN_RULE",
     "NORMAL",
     "decision",
+    "p_value",
     "parse_scan_rule",
+    "scan_reference",
     "scan_score",
+    "stored_normal_scores",
     "stored_statistics",
 ]
 
@@ -73,3 +76,41 @@ def decision(score: float, threshold: float | None) -> str:
     if threshold is None:
         return ""
     return ANOMALOUS if score > threshold else NORMAL
+
+
+def stored_normal_scores(meta: Mapping[str, Any]) -> list[float] | None:
+    """The held-out normal scores saved at fit or calibration time (p-values are computed against
+    them); None for a checkpoint written before they were kept."""
+    values = meta.get("normal_scores")
+    if not values:
+        return None
+    try:
+        scores = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint normal scores are unreadable ({exc})") from None
+    if not np.all(np.isfinite(scores)):
+        raise CheckpointError("checkpoint normal scores hold a NaN or infinite value")
+    return scores
+
+
+def scan_reference(meta: Mapping[str, Any], rule: str) -> tuple[float, list[float]] | None:
+    """``(threshold, normal scan scores)`` for whole scans scored with ``rule``, when the checkpoint
+    was calibrated on normal volumes with that rule; None otherwise (scan decisions then use the
+    slice threshold, and scans get no p-value)."""
+    record = meta.get("scan_calibration")
+    if not isinstance(record, Mapping) or record.get("scan_rule") != rule:
+        return None
+    scores = stored_normal_scores(record)
+    threshold = meta.get("scan_threshold")
+    if scores is None or threshold is None:
+        return None
+    return float(threshold), scores
+
+
+def p_value(score: float, normal_scores: Sequence[float] | None) -> float | None:
+    """Conformal p-value of ``score`` against ``normal_scores`` (None without them)."""
+    if normal_scores is None:
+        return None
+    from pdd.evaluation.metrics import p_values
+
+    return float(p_values(normal_scores, [score])[0])

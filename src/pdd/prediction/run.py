@@ -107,6 +107,8 @@ class RunContext:
     image_size: int
     checkpoint_name: str
     on_progress: Callable[[int, int], None] | None = None
+    normal_scores: list[float] | None = None  # p-values of slices/images (None: empty column)
+    scan_reference: tuple[float, list[float]] | None = None  # scans: (threshold, normal scores)
     pending: list[tuple[int, list[int]]] = field(default_factory=list)  # this rank's scans
     previously_scored: int = 0
     precision_used: str = ""
