@@ -6,13 +6,10 @@ from __future__ import annotations
 import argparse
 
 from pdd.cli._common import positive_int
+from pdd.config.schema import ACCELERATORS, PRECISIONS, STRATEGIES
 from pdd.errors import ConfigError
 
 __all__ = ["ACCELERATORS", "PRECISIONS", "STRATEGIES", "add_device_options", "parse_devices"]
-
-ACCELERATORS = ("cpu", "gpu", "auto")
-STRATEGIES = ("ddp", "auto")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:

@@ -1,29 +1,20 @@
-"""`pdd fit` and `pdd test`: option parsing, the --config file merge, then the engine's runner.
+"""`pdd fit` and `pdd test`: argument parsing, then the runner.
 
-Precedence, lowest first: the preset, the ``--config`` YAML file, the command line (options and
-``--set``). The runner saves the resolved configuration as ``config.yaml`` in every run folder.
-
-A ``--config`` file holds any fit option under its long name (``image_size: 64``, ``seeds: [0, 1]``,
-``class: liver``) and model overrides, either under ``model:`` or as top-level keys of the preset
-(so a preset file is itself a valid config file). Relative paths in it are relative to the file.
-A run folder's ``config.yaml`` (``options:`` + ``model:``) is accepted as is, so
-``pdd fit --config RUN/config.yaml --out NEW`` repeats a run.
+The options are checked by the one schema (``pdd.config.schema.FitSettings``); merging a
+``--config`` file, the command line and ``--set`` is ``pdd.config.fit_options`` (precedence and
+the file format are described there). The runner saves the resolved configuration as
+``config.yaml`` in every run folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pdd.cli._common import (
     check_cache_dir,
     check_hardware,
-    check_seed,
     existing_file,
     existing_path,
     positive_int,
@@ -31,184 +22,22 @@ from pdd.cli._common import (
     seed_int,
     user_path,
 )
-from pdd.cli.device_options import (
-    ACCELERATORS,
-    PRECISIONS,
-    STRATEGIES,
-    add_device_options,
-    parse_devices,
-)
+from pdd.cli.device_options import add_device_options, parse_devices
 from pdd.cli.run_guard import guarded_run
-from pdd.errors import ConfigError, PDDError
+from pdd.config.fit_options import (
+    check_model_config,
+    check_preset,
+    flag,
+    gather_fit_settings,
+    parse_overrides,
+)
+from pdd.config.schema import DATASET_FORMATS as FORMATS
+from pdd.config.schema import FEATURE_CACHE_MODES, LOGGERS
+from pdd.config.schema import TEACHER_KINDS as TEACHERS
+from pdd.errors import ConfigError
 
-__all__ = ["parse_overrides", "parse_seeds", "register", "resolve_fit_options"]
+__all__ = ["check_model_config", "check_preset", "parse_overrides", "register", "resolve_fit_options"]
 
-FORMATS = ("auto", "folder", "headct", "brainmri", "zhanglab", "unimedical", "bmad")
-TEACHERS = ("pretrained", "random")
-FEATURE_CACHE_MODES = ("auto", "memory", "disk", "off")
-
-
-@dataclass(frozen=True)
-class _Option:
-    """One fit option as it may appear in a --config file; ``check`` validates and converts."""
-
-    key: str  # FitOptions field
-    check: Callable[[Any, str], Any]
-
-
-def _as_path(value: Any, where: str) -> Path:
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
-    return Path(value).expanduser()
-
-
-def _as_positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: expected a whole number >= 1, got {value!r}")
-    return value
-
-
-def _as_count(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where}: expected a whole number >= 0, got {value!r}")
-    return value
-
-
-def _as_str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected text, got {value!r}")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
-    def check(value: Any, where: str) -> str:
-        if value not in choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    return check
-
-
-def _as_seeds(value: Any, where: str) -> list[int]:
-    if isinstance(value, str):
-        return parse_seeds(value, where)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [check_seed(value, where)]
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        if len(set(value)) != len(value):
-            raise ConfigError(f"{where}: seeds repeat: {value}")
-        return [check_seed(v, where) for v in value]
-    raise ConfigError(f"{where}: expected a seed or a list of seeds, got {value!r}")
-
-
-def _as_bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    return value
-
-
-def _as_fraction(value: Any, where: str) -> float:
-    """A holdout fraction: 0 (no holdout, no threshold) up to, but not including, 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{where}: expected a number from 0 up to (not including) 1, got {value!r}")
-    return float(value)
-
-
-def _as_rate(value: Any, where: str) -> float:
-    """A false-alarm rate: strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError(f"{where}: expected a number above 0 and below 1, got {value!r}")
-    return float(value)
-
-
-def _text_checked_by(check: Callable[[str], Any]) -> Callable[[Any, str], str]:
-    """A text option that ``check`` validates; its PDDError is reported under the option's name."""
-
-    def as_text(value: Any, where: str) -> str:
-        text = _as_str(value, where)
-        try:
-            check(text)
-        except PDDError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        return text
-
-    return as_text
-
-
-def _as_group_pattern(value: Any, where: str) -> str:
-    from pdd.data import compile_group_pattern
-
-    return _text_checked_by(compile_group_pattern)(value, where)
-
-
-def _as_logger(value: Any, where: str) -> str:
-    from pdd.training.loggers import check_logger
-
-    return _text_checked_by(check_logger)(value, where)
-
-
-def _as_devices(value: Any, where: str) -> int | str:
-    if value == "auto":
-        return "auto"
-    return _as_positive_int(value, where)
-
-
-def parse_seeds(text: str, where: str = "--seeds") -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; rejects empty items and repeats."""
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{where}: expected comma-separated whole numbers, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{where}: seeds repeat: {text}")
-    return [check_seed(seed, where) for seed in seeds]
-
-
-# Every key a --config file may hold besides model overrides; aliases map to the same field.
-_FIT_OPTIONS: dict[str, _Option] = {
-    "data": _Option("data", _as_path),
-    "out": _Option("out", _as_path),
-    "format": _Option("format", _choice(FORMATS)),
-    "preset": _Option("preset", _as_str),
-    "teachers": _Option("teachers", _choice(TEACHERS)),
-    "image_size": _Option("image_size", _as_positive_int),
-    "epochs": _Option("epochs", _as_positive_int),
-    "batch_size": _Option("batch_size", _as_positive_int),
-    "seed": _Option("seeds", _as_seeds),
-    "seeds": _Option("seeds", _as_seeds),
-    "split": _Option("split_file", _as_path),
-    "split_file": _Option("split_file", _as_path),
-    "class": _Option("class_name", _as_str),
-    "class_name": _Option("class_name", _as_str),
-    "joint": _Option("joint", _as_bool),
-    "holdout_fraction": _Option("holdout_fraction", _as_fraction),
-    "fpr": _Option("fpr", _as_rate),
-    "feature_cache": _Option("feature_cache", _choice(FEATURE_CACHE_MODES)),
-    "group_by": _Option("group_by", _as_group_pattern),
-    "logger": _Option("logger", _as_logger),
-    "accelerator": _Option("accelerator", _choice(ACCELERATORS)),
-    "devices": _Option("devices", _as_devices),
-    "num_nodes": _Option("num_nodes", _as_positive_int),
-    "strategy": _Option("strategy", _choice(STRATEGIES)),
-    "precision": _Option("precision", _choice(PRECISIONS)),
-    "num_workers": _Option("num_workers", _as_count),
-    "checkpoint_every_n_steps": _Option("checkpoint_every_n_steps", _as_positive_int),
-}
-_PATH_FIELDS = ("data", "out", "split_file")
-# argparse destinations of `pdd fit` options that define a run (all None unless given).
-_FIT_ARGUMENTS = (
-    "data", "out", "format", "preset", "teachers", "image_size", "epochs", "batch_size", "seed",
-    "seeds", "split", "class_name", "config", "accelerator", "devices", "num_nodes", "strategy",
-    "precision", "num_workers", "checkpoint_every_n_steps", "joint", "holdout_fraction", "group_by",
-    "logger", "fpr", "feature_cache",
-)  # fmt: skip
-_FLAG_NAMES = {"class_name": "class", "checkpoint_every_n_steps": "checkpoint-every"}
-_MODEL_SECTION = "model"
-_OPTIONS_SECTION = "options"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -269,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument(
         "--logger",
-        choices=("csv", "tensorboard", "mlflow"),
+        choices=LOGGERS,
         help="training curves: csv (default, always written), tensorboard or mlflow (extras)",
     )
     fit.add_argument("--config", type=user_path, help="YAML file with any of these options")
@@ -376,32 +205,9 @@ def _run_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reject_with_resume(args: argparse.Namespace) -> None:
-    """--resume continues with the saved configuration; silently ignoring other options would lie."""
-    given = [name for name in _FIT_ARGUMENTS if getattr(args, name) is not None]
-    if args.overrides:
-        given.append("set")
-    if given:
-        listed = ", ".join("--" + _FLAG_NAMES.get(name, name).replace("_", "-") for name in given)
-        raise ConfigError(f"--resume continues the saved configuration; remove {listed}")
-
-
-def resolve_fit_options(args: argparse.Namespace) -> Any:
-    """Merge preset < --config file < command line into the runner's ``FitOptions``.
-
-    Everything a user can get wrong is checked here (paths, preset, override keys), before
-    the runner builds a model.
-    """
-    from pdd.training.runner import FitOptions
-
-    values: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    if args.config is not None:
-        file_values, file_overrides = _read_config_file(args.config)
-        values.update(file_values)
-        _deep_merge(overrides, file_overrides)
-
-    cli_values = {
+def _command_line(args: argparse.Namespace) -> dict[str, Any]:
+    """The `pdd fit` arguments as FitSettings fields (None: not given)."""
+    return {
         "data": args.data,
         "out": args.out,
         "format": args.format,
@@ -410,46 +216,54 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
         "image_size": args.image_size,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "seeds": args.seeds if args.seeds is not None else args.seed,
         "split_file": args.split,
         "class_name": args.class_name,
+        "joint": args.joint,
+        "holdout_fraction": args.holdout_fraction,
+        "fpr": args.fpr,
+        "feature_cache": args.feature_cache,
+        "group_by": args.group_by,
+        "logger": args.logger,
         "accelerator": args.accelerator,
+        "devices": parse_devices(args.devices),
         "num_nodes": args.num_nodes,
         "strategy": args.strategy,
         "precision": args.precision,
+        "num_workers": args.num_workers,
         "checkpoint_every_n_steps": args.checkpoint_every_n_steps,
-        "joint": args.joint,
     }
-    if args.holdout_fraction is not None:
-        cli_values["holdout_fraction"] = _as_fraction(args.holdout_fraction, "--holdout-fraction")
-    if args.fpr is not None:
-        cli_values["fpr"] = _as_rate(args.fpr, "--fpr")
-    if args.feature_cache is not None:
-        cli_values["feature_cache"] = args.feature_cache
-    if args.group_by is not None:
-        cli_values["group_by"] = _as_group_pattern(args.group_by, "--group-by")
-    if args.logger is not None:
-        cli_values["logger"] = _as_logger(args.logger, "--logger")
-    if args.seed is not None:
-        cli_values["seeds"] = [args.seed]
-    if args.seeds is not None:
-        cli_values["seeds"] = parse_seeds(args.seeds)
-    if args.devices is not None:
-        cli_values["devices"] = parse_devices(args.devices)
-    if args.num_workers is not None:
-        cli_values["num_workers"] = _as_count(args.num_workers, "--num-workers")
-    values.update({key: value for key, value in cli_values.items() if value is not None})
-    _deep_merge(overrides, parse_overrides(args.overrides))
-    if "teachers" in overrides:
-        # The runner sets the model's teachers from the fit option; a `teachers` model override
-        # (from --set or a model: section) must not be silently replaced by its default.
-        teachers = _FIT_OPTIONS["teachers"].check(overrides.pop("teachers"), "teachers")
-        values.setdefault("teachers", teachers)
 
+
+def _reject_with_resume(args: argparse.Namespace) -> None:
+    """--resume continues with the saved configuration; silently ignoring other options would lie."""
+    given = [flag(name) for name, value in _command_line(args).items() if value is not None]
+    if args.config is not None:
+        given.append("--config")
+    if args.overrides:
+        given.append("--set")
+    if given:
+        raise ConfigError(f"--resume continues the saved configuration; remove {', '.join(given)}")
+
+
+def resolve_fit_options(args: argparse.Namespace) -> Any:
+    """The runner's ``FitOptions`` from preset < --config file < command line.
+
+    Everything a user can get wrong is checked here (values, paths, preset, model keys, hardware),
+    before the runner builds a model or writes a file.
+    """
+    from pdd.training.loggers import check_logger
+    from pdd.training.options import FitOptions
+
+    if args.config is not None:
+        existing_file(args.config, "config file")
+    values, overrides = gather_fit_settings(args.config, _command_line(args), args.overrides)
     for required in ("data", "out"):
         if required not in values:
             raise ConfigError(f"--{required} is required (on the command line or in --config)")
-    preset = values.setdefault("preset", "pdd")
-    check_preset(preset)
+    if "logger" in values:
+        check_logger(values["logger"])  # the extra it needs must be installed
+    check_preset(values.setdefault("preset", "pdd"))
     check_model_config(values, overrides)
     # Absolute input paths, so the config.yaml saved in the run folder works from any folder.
     values["data"] = existing_path(values["data"], "data folder").resolve()
@@ -460,120 +274,6 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
         check_cache_dir()
     prepare_output_folder(values["out"])
     return FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
-
-
-def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a --config YAML file into fit options and model overrides (both validated)."""
-    from pdd.config import read_yaml_file
-
-    existing_file(path, "config file")
-    loaded = read_yaml_file(path)  # a duplicate key is an error naming the file and line
-    if loaded is None:
-        return {}, {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
-
-    values: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    for raw_key, value in loaded.items():
-        key = str(raw_key).replace("-", "_")
-        where = f"{path}: {raw_key}"
-        if key == _MODEL_SECTION:
-            _deep_merge(overrides, _mapping(value, where))
-        elif key == _OPTIONS_SECTION:  # a run folder's config.yaml: {options, model, provenance}
-            for option_key, option_value in _mapping(value, where).items():
-                _take_option(str(option_key), option_value, f"{where}.{option_key}", values, overrides)
-        elif key in ("pdd_version", "global_batch_size"):
-            continue  # provenance of a saved run configuration; nothing to apply
-        elif key in _FIT_OPTIONS:
-            _take_option(key, value, where, values, overrides)
-        else:
-            overrides[key] = value  # a preset key; checked against the preset later
-    for field_name in _PATH_FIELDS:
-        if field_name in values and not values[field_name].is_absolute():
-            values[field_name] = (path.parent / values[field_name]).resolve()
-    return values, overrides
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    return value
-
-
-def _take_option(
-    key: str, value: Any, where: str, values: dict[str, Any], overrides: dict[str, Any]
-) -> None:
-    """Store one fit option from a config file; ``null`` leaves the option unset."""
-    key = key.replace("-", "_")
-    if key == "model_overrides":
-        _deep_merge(overrides, _mapping(value, where))
-    elif key == "progress":
-        return  # how a run is watched, not what it computes
-    elif key not in _FIT_OPTIONS:
-        raise ConfigError(f"{where}: unknown option (known: {', '.join(sorted(_FIT_OPTIONS))})")
-    elif value is not None:
-        option = _FIT_OPTIONS[key]
-        values[option.key] = option.check(value, where)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=0.001", "students=shared"]`` -> nested dict; values are parsed as YAML."""
-    from pdd.config import parse_yaml
-
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. students=shared")
-        value = parse_yaml(text, f"--set {item!r}") if text else ""
-        _deep_merge(result, _nest(key.split("."), value))
-    return result
-
-
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    return nested
-
-
-def _deep_merge(target: dict[str, Any], update: dict[str, Any]) -> None:
-    """Merge ``update`` into ``target``; nested mappings merge, anything else replaces."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def check_preset(name: str) -> None:
-    """Unknown presets fail here with the list of known ones."""
-    from pdd.config import list_presets
-
-    known = list_presets()
-    if name not in known:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(known)}")
-
-
-def check_model_config(values: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Resolve the model configuration now, so a bad key or value fails before any training.
-
-    The fit options that are also model settings (image size, teachers, epochs, batch size) are
-    checked together with the overrides, as the runner will combine them.
-    """
-    from pdd.config import resolve_config
-
-    combined = copy.deepcopy(overrides)
-    for key in ("image_size", "teachers"):
-        if values.get(key) is not None:
-            combined[key] = values[key]
-    if not isinstance(combined.get("train", {}), dict):
-        raise ConfigError(f"config key 'train': must be a mapping, got {combined['train']!r}")
-    for key in ("epochs", "batch_size"):
-        if values.get(key) is not None:
-            combined.setdefault("train", {})[key] = values[key]
-    resolve_config(values["preset"], combined)
 
 
 def _describe_batch(options: Any) -> str:
