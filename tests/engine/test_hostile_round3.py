@@ -171,3 +171,71 @@ def test_unsafe_pickle_refusal_never_advises_weights_only_false(tmp_path: Path, 
     message = str(err.value)
     assert "\n" not in message and "weights_only" not in message and "False" not in message
     assert "system" in message  # what was refused is still named
+
+
+# --------------------------------------------------------------------------- NaN models (3, 11)
+
+
+def _nan_ckpt(folder: Path, **meta: object) -> Path:
+    """The fake model with one trainable weight filled with NaN, saved as ``pdd fit`` saves."""
+    model = create_fake().eval()
+    with torch.no_grad():
+        model.student[0].weight.fill_(float("nan"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return checkpoint.save(folder / "nan.ckpt", model, **meta)
+
+
+def test_detector_refuses_nan_output_naming_input_and_checkpoint(tmp_path: Path) -> None:
+    from pdd import Detector
+    from pdd.finite_output import NonFiniteOutput
+
+    ckpt = _nan_ckpt(tmp_path)
+    image = _png(tmp_path / "scan.png")
+    detector = Detector.load(ckpt)
+    with pytest.raises(NonFiniteOutput, match=r"scan\.png: .*NaN or infinite with checkpoint .*nan\.ckpt"):
+        detector.predict(image)
+    with pytest.raises(NonFiniteOutput, match="^input 0: "):
+        detector.predict([np.zeros((8, 8)), np.ones((8, 8))])
+
+
+# --------------------------------------------------------------------------- 4, Also: Detector
+
+
+def test_detector_scales_overflowing_float_ranges_like_their_reduced_copy(good_ckpt: Path) -> None:
+    from pdd import Detector
+
+    pattern = make_phantom(np.random.default_rng(4), 32)[0].astype(np.float64) * 2 - 1  # in [-1, 1]
+    detector = Detector.load(good_ckpt)
+    expected = detector.predict(pattern)
+    huge = detector.predict(pattern * 1e308)  # finite, but max - min overflows float64
+    assert np.isfinite(huge.score) and huge.score == pytest.approx(expected.score, rel=1e-5)
+    np.testing.assert_allclose(huge.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-6)
+    if np.finfo(np.longdouble).max > 1e400:
+        beyond = detector.predict(pattern.astype(np.longdouble) * np.longdouble("1e400"))
+        assert beyond.score == pytest.approx(expected.score, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda d: d.predict(np.zeros((8, 8)), batch_size=0), "batch_size: expected a whole number >= 1, got 0"),
+        (lambda d: d.predict([np.zeros((8, 8))], batch_size=2.5), "batch_size: expected a whole number >= 1"),
+        (lambda d: d.predict(None), "expected a NumPy array, a file path or a list of them, got NoneType"),
+        (lambda d: d.predict(3), "got int"),
+    ],
+)
+def test_detector_bad_arguments_are_one_line_errors(good_ckpt: Path, call, message: str) -> None:
+    from pdd import Detector
+
+    with pytest.raises(PDDError, match=message) as err:
+        call(Detector.load(good_ckpt))
+    assert "\n" not in str(err.value)
+
+
+def test_detector_unknown_device_is_a_one_line_error(good_ckpt: Path) -> None:
+    from pdd import Detector
+    from pdd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device 'foo': not a torch device") as err:
+        Detector.load(good_ckpt, device="foo")
+    assert "\n" not in str(err.value)
