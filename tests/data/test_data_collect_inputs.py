@@ -93,6 +93,28 @@ def test_nifti_without_slices_is_a_counted_skip(tmp_path: Path) -> None:
     ]
 
 
+def test_unreadable_nifti_headers_are_counted_skips_beside_good_files(tmp_path: Path) -> None:
+    """Issue 20 cases 5 and 6 at the ``pdd predict`` input level: a NaN affine (LinAlgError
+    stopped the whole run) and a complex volume (read as its real part) are skips with their
+    reasons, and the good volume beside them is still collected. Kills: catching only DataError
+    around a check that raises LinAlgError; dropping the voxel-type check."""
+    nan = tmp_path / "nan.nii"
+    img = nib.Nifti1Image(np.ones((16, 16, 2), np.float32), np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(np.eye(4), code=2)
+    nib.save(img, nan)
+    data = bytearray(nan.read_bytes())
+    data[280:284] = np.float32(np.nan).tobytes()  # srow_x[0]
+    nan.write_bytes(bytes(data))
+    complex_volume = write_nifti(tmp_path / "complex.nii.gz", np.ones((16, 16, 2), np.complex64))
+    good = write_nifti(tmp_path / "good.nii.gz", np.zeros((16, 16, 2), np.float32))
+    skipped: list[tuple[str, str]] = []
+    samples = collect_inputs([tmp_path], skipped)
+    assert [s.key for s in samples] == [f"{good}#0", f"{good}#1"]
+    assert [path for path, _ in skipped] == [str(complex_volume), str(nan)]
+    assert "complex-valued" in skipped[0][1] and "affine holds NaN" in skipped[1][1]
+
+
 def test_a_header_claiming_millions_of_slices_builds_no_sample(tmp_path: Path) -> None:
     """Case 24 at the collect_inputs level: a skip, not 20 M samples."""
     header = nib.Nifti2Header()

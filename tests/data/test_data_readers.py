@@ -504,6 +504,64 @@ def test_truncated_nifti(tmp_path: Path) -> None:
     assert isinstance(nib.load(path), nib.Nifti1Image)  # the header alone is still fine
 
 
+def _nifti_with_nan_affine(path: Path) -> Path:
+    """A NIfTI-1 file whose sform row x holds a NaN (nibabel refuses to write one, so the header
+    bytes are patched: srow_x starts at byte 280)."""
+    img = nib.Nifti1Image(np.ones((16, 16, 2), np.float32), np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(np.eye(4), code=2)
+    nib.save(img, path)
+    data = bytearray(path.read_bytes())
+    data[280:284] = struct.pack("<f", float("nan"))
+    path.write_bytes(bytes(data))
+    assert np.isnan(nib.load(path).affine[0, 0])
+    return path
+
+
+def test_nifti_with_a_nan_affine_is_a_data_error(tmp_path: Path) -> None:
+    """Issue 20 case 6: numpy's ``LinAlgError: SVD did not converge`` escaped from the slice
+    count and stopped a whole predict run. Kills: removing the finite-affine check."""
+    path = _nifti_with_nan_affine(tmp_path / "nan.nii")
+    message = "NIfTI affine holds NaN or infinite values; the axial axis is undefined"
+    with pytest.raises(DataError) as err:
+        nifti_slice_count(path)
+    assert str(err.value) == f"{path}: {message}"
+    _raises(path, message, slice_index=0)
+
+
+def test_complex_nifti_is_refused_not_read_without_its_imaginary_part(tmp_path: Path) -> None:
+    """Issue 20 case 5: the volume used to count 2 slices and read as its real part only (the
+    Detector refuses complex arrays). Kills: removing the voxel-type check (slice count 2)."""
+    real = np.random.default_rng(0).random((16, 16, 2)).astype(np.float32)
+    path = write_nifti(tmp_path / "c.nii.gz", (real + 1j * real[::-1]).astype(np.complex64))
+    message = (
+        "NIfTI volume is complex-valued (datatype COMPLEX64); complex-valued volumes are not "
+        "supported; save the magnitude"
+    )
+    with pytest.raises(DataError) as err:
+        nifti_slice_count(path)
+    assert str(err.value) == f"{path}: {message}"
+    _raises(path, message, slice_index=0)
+
+
+def test_rgb_nifti_is_refused_as_colour_not_as_corrupt(tmp_path: Path) -> None:
+    """Issue 20 case 5: an RGB24 volume was reported as "truncated or corrupt NIfTI data". Kills:
+    removing the voxel-type check (the old wrong reason comes back)."""
+    rgb = np.zeros((16, 16, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["G"] = 200
+    path = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), path)
+    assert int(nib.load(path).header["datatype"]) == 128  # NIFTI_TYPE_RGB24
+    message = (
+        "NIfTI volume has colour voxels (datatype RGB24); colour volumes are not supported; "
+        "save a greyscale volume"
+    )
+    with pytest.raises(DataError) as err:
+        nifti_slice_count(path)
+    assert str(err.value) == f"{path}: {message}"
+    _raises(path, message, slice_index=0)
+
+
 def test_nifti_slice_count_follows_the_affine_not_the_storage_order(tmp_path: Path) -> None:
     volume = np.random.default_rng(0).random((8, 20, 24)).astype(np.float32)  # stored (z, x, y)
     affine = np.zeros((4, 4))

@@ -93,7 +93,11 @@ def nifti_slice_count(path: str | Path) -> int:
 
 
 def _nifti_sizes(path: Path, img) -> tuple[int, int, int]:  # img: a nibabel image
-    """Canonical (x, y, z) sizes from the header, every limit checked; z is the slice count."""
+    """Canonical (x, y, z) sizes from the header, every limit checked; z is the slice count.
+
+    The voxel type is checked here too, so that a volume no slice can be read from never becomes
+    samples."""
+    _check_voxel_type(path, img)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -117,11 +121,52 @@ def _nifti_sizes(path: Path, img) -> tuple[int, int, int]:  # img: a nibabel ima
     return width, height, slices
 
 
+def _check_voxel_type(path: Path, img) -> None:
+    """Real-valued voxels only. Complex volumes (MR raw data, phase) would lose their imaginary
+    part when cast to float, and the ``Detector`` refuses complex arrays, so they are refused
+    here too; RGB volumes (NIfTI RGB24 / RGBA32) hold colour records, not intensities."""
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind in "biuf":
+        return
+    label = _datatype_label(img, dtype)
+    if dtype.names is not None:
+        raise DataError(
+            f"{path}: NIfTI volume has colour voxels (datatype {label}); colour volumes are not "
+            "supported; save a greyscale volume"
+        )
+    if dtype.kind == "c":
+        raise DataError(
+            f"{path}: NIfTI volume is complex-valued (datatype {label}); complex-valued volumes "
+            "are not supported; save the magnitude"
+        )
+    raise DataError(f"{path}: NIfTI voxel type {label} is not supported; save real numbers")
+
+
+def _datatype_label(img, dtype: np.dtype) -> str:
+    """The header's datatype name (e.g. RGB24, COMPLEX64) for messages; the NumPy type otherwise."""
+    from nibabel.nifti1 import data_type_codes
+
+    try:
+        name = str(data_type_codes.niistring[int(img.header["datatype"])])
+    except (KeyError, TypeError, ValueError):
+        return str(dtype)
+    return name.removeprefix("NIFTI_TYPE_") or str(dtype)
+
+
 def _canonical_shape(path: Path, img, shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """(x, y, z) sizes after reorientation to RAS of a stored 3-D ``shape``."""
+    """(x, y, z) sizes after reorientation to RAS of a stored 3-D ``shape``; an affine that is not
+    finite (a NaN in the header's sform, qform or pixdim) leaves the axial axis undefined."""
     import nibabel as nib
 
-    axis_codes = nib.orientations.io_orientation(img.affine)[:, 0]
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise DataError(
+            f"{path}: NIfTI affine holds NaN or infinite values; the axial axis is undefined"
+        )
+    try:
+        axis_codes = nib.orientations.io_orientation(affine)[:, 0]
+    except np.linalg.LinAlgError as exc:
+        raise DataError(f"{path}: NIfTI affine cannot be decomposed ({exc})") from exc
     if not np.all(np.isfinite(axis_codes)):
         raise DataError(f"{path}: NIfTI affine is degenerate; the axial axis is undefined")
     sizes = [0, 0, 0]
