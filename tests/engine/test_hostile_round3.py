@@ -204,7 +204,8 @@ def test_detector_refuses_nan_output_naming_input_and_checkpoint(tmp_path: Path)
 def test_detector_scales_overflowing_float_ranges_like_their_reduced_copy(good_ckpt: Path) -> None:
     from pdd import Detector
 
-    pattern = make_phantom(np.random.default_rng(4), 32)[0].astype(np.float64) * 2 - 1  # in [-1, 1]
+    phantom = make_phantom(np.random.default_rng(4), 32)[0].astype(np.float64)
+    pattern = (phantom - phantom.min()) / (phantom.max() - phantom.min()) * 2 - 1  # spans [-1, 1]
     detector = Detector.load(good_ckpt)
     expected = detector.predict(pattern)
     huge = detector.predict(pattern * 1e308)  # finite, but max - min overflows float64
@@ -239,3 +240,24 @@ def test_detector_unknown_device_is_a_one_line_error(good_ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="device 'foo': not a torch device") as err:
         Detector.load(good_ckpt, device="foo")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("colour_scale", [False, True], ids=["no-threshold", "with-colour-scale"])
+def test_predict_with_a_nan_model_fails_naming_input_and_checkpoint(
+    tmp_path: Path, colour_scale: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta = {"threshold": 0.5, "map_stats": {"vmin": 0.0, "vmax": 1.0}} if colour_scale else {}
+    ckpt = _nan_ckpt(tmp_path / "ckpt", **meta)
+    inputs = tmp_path / "in"
+    volume = np.stack([make_phantom(np.random.default_rng(k), 32)[0] for k in range(3)], axis=2)
+    write_nifti(inputs / "a_volume.nii.gz", volume.astype(np.float32))
+    _png(inputs / "b_image.png")
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", str(inputs)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err, err
+    assert str(ckpt) in err and ("a_volume.nii.gz#" in err or "b_image.png" in err), err
+    assert "NaN or infinite" in err and "overlay" not in err
+    record = json.loads((out / "predict.json").read_text())
+    assert record["status"] == "failed" and record["error"] in err
+    assert not (out / "scores.csv").exists()  # no result file pretends to hold scores

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from pdd import __version__
 from pdd.errors import PDDError
+from pdd.finite_output import check_finite
 from pdd.prediction.plan import Item, Plan, open_text, read_complete_rows
 from pdd.prediction.rules import scan_score
 from pdd.prediction.run import WORK_DIR, RunContext
@@ -218,6 +219,8 @@ class _Sink:
             self._slice_done(index, None, None)
         if prediction is not None:
             maps, scores = prediction
+            names = [plan.items[index].key for index in batch["index"]]
+            check_finite(scores, maps, names, f"checkpoint {self.context.options.checkpoint}")
             for row, index in enumerate(batch["index"]):
                 item = plan.items[index]
                 scan = plan.scans[item.scan]
@@ -279,10 +282,9 @@ class _Sink:
                 maps.append(None)
                 scores.append(None)
                 continue
-            with np.load(path) as saved:
-                value = float(saved["score"])
+            with np.load(path) as saved:  # a skipped slice has no map (its score is only a marker)
                 maps.append(saved.get("map"))
-                scores.append(None if np.isnan(value) else value)
+                scores.append(float(saved["score"]) if "map" in saved else None)
         scored = [s for s in scores if s is not None]
         if scored:
             items = self.context.plan.items[scan.first : scan.first + scan.count]

@@ -51,6 +51,7 @@ from pdd.evaluation.scoring_loop import (
     quiet_predict_loop,
 )
 from pdd.fileio import atomic_write_text
+from pdd.finite_output import NonFiniteOutput
 from pdd.prediction.loop import BatchWriter, PredictData, ScoringModule
 from pdd.prediction.merge import merge_parts
 from pdd.prediction.plan import Plan
@@ -322,8 +323,15 @@ def _execute(
     writer = next(c for c in trainer.callbacks if isinstance(c, BatchWriter))
     writer.context = context
     started = time.monotonic()
-    with quiet_predict_loop():
-        trainer.predict(ScoringModule(model), datamodule=PredictData(context), return_predictions=False)
+    try:
+        with quiet_predict_loop():
+            trainer.predict(ScoringModule(model), datamodule=PredictData(context), return_predictions=False)
+    except NonFiniteOutput as exc:
+        if writer.sink is not None:
+            writer.sink.close()
+        if trainer.is_global_zero:
+            _record_failure(options.out, str(exc))
+        raise
     writer.close(trainer.global_rank)
     context.precision_used = str(trainer.precision)
     if trainer.world_size > 1:
@@ -332,3 +340,11 @@ def _execute(
     if not trainer.is_global_zero:
         return None
     return merge_parts(context, seconds)
+
+
+def _record_failure(out: Path, message: str) -> None:
+    """A run that cannot give results (a model that outputs NaN) says so in its record, never
+    ``running`` or ``complete``; scores written so far stay in the work folder."""
+    record = read_record(out)
+    record.update(status="failed", error=message)
+    atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2) + "\n")
