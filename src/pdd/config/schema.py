@@ -60,6 +60,7 @@ __all__ = [
     "FitSettings",
     "PDDConfig",
     "RD4ADConfig",
+    "StoredCheckpoint",
 ]
 
 TEACHER_NAMES = ("wide_resnet50_2", "vmamba_tiny_v0")
@@ -403,3 +404,29 @@ class CheckpointMeta(BaseModel):
     fpr: _number(gt=0.0, lt=1.0) | None = None
     alpha: _number(gt=0.0, lt=1.0) | None = None
     calibration: dict[str, Any] | None = None
+
+
+class TeacherIdentity(BaseModel):
+    """What a checkpoint says its frozen teachers were; compared with the rebuilt ones."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    name: str | None = None
+    weights: str | None = None
+    sha256: str | None = None
+    seed: Seed | None = None
+    fingerprint: list[Finite] | None = None
+    options: dict[str, Any] | None = None
+
+
+class StoredCheckpoint(BaseModel):
+    """A ``model.ckpt`` payload as ``torch.load(weights_only=True)`` returns it. The stored config
+    is checked by its family's schema when the model skeleton is built; weights by their shapes."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    pdd_version: str
+    preset: str
+    config: dict[str, Any]
+    teachers: dict[str, TeacherIdentity]
+    meta: CheckpointMeta

@@ -25,6 +25,7 @@ from torch import nn
 from pdd import __version__
 from pdd.errors import CheckpointError, PDDError, WeightsError
 from pdd.fileio import atomic_torch_save
+from pdd.runs.checkpoint_check import check_stored_values, check_weights_fit
 from pdd.pickle_refusal import refusal_reason
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
@@ -142,6 +143,8 @@ def load(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
             f"{path}: stored preset {payload.get('preset')!r} disagrees with its config's "
             f"{config.get('preset')!r}"
         )
+    check_stored_values(path, payload)  # forged values fail here, before anything is built
+    check_weights_fit(path, config, payload["state_dict"])
     try:
         model = create_model(**config)
     except (CheckpointError, WeightsError):
