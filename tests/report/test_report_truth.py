@@ -69,7 +69,9 @@ class ReportParser(HTMLParser):
         elif tag == "tr":
             self._row = []
         elif tag == "figure" and "card" in classes:
-            self._card = {"score": "", "badge": "", "path": ""}
+            self._card = {"score": "", "badge": "", "decision": "", "path": ""}
+        elif self._card is not None and "decision" in classes:
+            self._field = "decision"
         elif self._card is not None and ("score" in classes or "badge" in classes):
             self._field = "score" if "score" in classes else "badge"
         elif self._card is not None and "path" in classes:
@@ -230,8 +232,9 @@ def test_every_number_in_the_report_is_in_metrics_json(run: Path) -> None:
 
 
 def test_gallery_scores_and_labels_are_the_first_seeds(run: Path) -> None:
-    """Every gallery card shows the score and label of its image in seed 0's scores.csv, and the
-    cards are that run's highest and lowest scores."""
+    """Every gallery card shows the score, true label and decision of its image in seed 0's
+    scores.csv (the decision at its class model's threshold in seed_0/<class>/metrics.json), and
+    the cards are that run's highest and lowest scores."""
     with (run / "seed_0" / "scores.csv").open(newline="", encoding="utf-8") as handle:
         rows = {row["path"]: row for row in csv.DictReader(handle)}
     parser = ReportParser()
@@ -250,5 +253,8 @@ def test_gallery_scores_and_labels_are_the_first_seeds(run: Path) -> None:
             row["score"],
         )
         assert card["badge"].startswith(
-            "anomalous" if row["label"] == "1" else "normal"
+            "truth: anomalous" if row["label"] == "1" else "truth: normal"
         ), card
+        threshold = read_json(run / "seed_0" / row["class_name"] / "metrics.json")["threshold"]
+        expected = "anomalous" if float(row["score"]) > threshold else "normal"
+        assert card["decision"] == f"decision: {expected}", (card, threshold)

@@ -36,9 +36,14 @@ img.figure { max-width:100%; height:auto; display:block; margin:8px 0; }
            align-items:start; }
 .card { margin:0; border:1px solid var(--line); border-radius:6px; overflow:hidden;
         background:var(--panel); }
-.card img { width:100%; height:220px; object-fit:contain; display:block; background:#111; }
+.visual { min-height:220px; display:flex; align-items:center; justify-content:center;
+          background:#111; }
+.visual img.heatmap { display:block; max-width:none; image-rendering:pixelated; }
 .placeholder { height:220px; display:flex; align-items:center; justify-content:center;
-               color:var(--muted); font-size:13px; background:#edf2f7; }
+               text-align:center; padding:0 16px; color:var(--muted); font-size:13px;
+               background:#edf2f7; }
+.badges { display:flex; flex-wrap:wrap; gap:4px; align-items:center; margin:2px 0; }
+.class { color:var(--muted); }
 figcaption { padding:8px 10px; font-size:13px; }
 .score { font-weight:600; font-variant-numeric:tabular-nums; }
 .path { color:var(--muted); overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
