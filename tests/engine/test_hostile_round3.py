@@ -261,3 +261,40 @@ def test_predict_with_a_nan_model_fails_naming_input_and_checkpoint(
     record = json.loads((out / "predict.json").read_text())
     assert record["status"] == "failed" and record["error"] in err
     assert not (out / "scores.csv").exists()  # no result file pretends to hold scores
+
+
+def test_pdd_test_with_a_nan_checkpoint_fails_naming_image_and_checkpoint(
+    tmp_path: Path, phantoms: Path
+) -> None:
+    from pdd.evaluation.scoring_loop import Devices
+    from pdd.finite_output import NonFiniteOutput
+    from pdd.training.runner import test
+
+    ckpt = _nan_ckpt(tmp_path, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0})
+    with pytest.raises(NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with checkpoint {ckpt}"):
+        test(ckpt, phantoms, tmp_path / "out", devices=Devices(accelerator="cpu"), progress=False)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_fit_whose_model_outputs_nan_fails_naming_image_and_run(
+    tmp_path: Path, phantoms: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine_fakes
+
+    from pdd.finite_output import NonFiniteOutput
+    from pdd.training.runner import FitOptions, fit
+
+    forward = engine_fakes.FakeModel.forward
+
+    def diverged(self, images):  # type: ignore[no-untyped-def]
+        maps, scores = forward(self, images)
+        return maps * float("nan"), scores * float("nan")  # what NaN weights give
+
+    monkeypatch.setattr(engine_fakes.FakeModel, "forward", diverged)
+    out = tmp_path / "run"
+    options = FitOptions(
+        data=phantoms, out=out, preset="fake", teachers="random", accelerator="cpu", progress=False, epochs=1
+    )
+    with pytest.raises(NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with the model trained in {out}"):
+        fit(options)
+    assert not (out / "metrics.json").exists()

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pdd.data import ImageDataset, Sample, to_display
+from pdd.finite_output import check_finite
 
 __all__ = ["ScoreCollector", "Scored", "Scorer", "extreme_indices"]
 
@@ -49,9 +50,20 @@ class ScoreCollector:
     """
 
     def __init__(
-        self, count: int, *, keep_maps: bool = False, keep_masks: bool = False, extremes: int = 0
+        self,
+        count: int,
+        *,
+        keep_maps: bool = False,
+        keep_masks: bool = False,
+        extremes: int = 0,
+        names: Sequence[str] | None = None,
+        source: str = "the model",
     ) -> None:
+        """``names`` (one per image) and ``source`` (the checkpoint or run) name an image whose
+        score or map is not finite in the one-line error that ends the pass (``pdd.finite_output``)."""
         self.count = count
+        self.names = names
+        self.source = source
         self.keep_maps = keep_maps
         self.keep_masks = keep_masks
         self.extremes = extremes
@@ -72,6 +84,8 @@ class ScoreCollector:
     ) -> None:
         """One batch: image indices, their scores [B] and maps [B,S,S]; ground-truth masks
         [B,1,S,S] when masks are kept; model inputs [B,3,S,S] when extremes are kept."""
+        if self.names is not None:
+            check_finite(scores, maps, [self.names[i] for i in np.asarray(index).tolist()], self.source)
         self.scores[index] = scores
         self.seen[index] = True
         if self.keep_maps or self.keep_masks:
@@ -159,6 +173,9 @@ class ScoreCollector:
 class Scorer:
     """Runs the model over a list of samples, one process, in dataset order: each image once."""
 
+    source = "the model"
+    """The checkpoint or run the model comes from, named when its output is not finite."""
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -196,7 +213,8 @@ class Scorer:
             num_workers=self.num_workers,
         )
         collector = ScoreCollector(
-            len(dataset), keep_maps=keep_maps, keep_masks=keep_masks, extremes=extremes
+            len(dataset), keep_maps=keep_maps, keep_masks=keep_masks, extremes=extremes,
+            names=[sample.key for sample in samples], source=self.source,
         )
         with tqdm(
             total=len(dataset),

@@ -104,6 +104,9 @@ class LightningScorer:
     runs the same command, so it does).
     """
 
+    source = "the model"
+    """The checkpoint the model comes from, named when its output is not finite."""
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -147,7 +150,8 @@ class LightningScorer:
     ) -> Scored | None:
         """As ``Scorer.score``, across every process; None on processes other than global rank 0."""
         collector = ScoreCollector(
-            len(samples), keep_maps=keep_maps, keep_masks=keep_masks, extremes=extremes
+            len(samples), keep_maps=keep_maps, keep_masks=keep_masks, extremes=extremes,
+            names=[sample.key for sample in samples], source=self.source,
         )
         self._collecting.start(collector, description, self.progress)
         loader = DataLoader(

@@ -163,6 +163,7 @@ def test(
         num_workers=num_workers,
         progress=progress,
     )
+    scorer.source = f"checkpoint {checkpoint}"
     started = time.monotonic()
     map_stats, map_stats_from = meta.get("map_stats"), "the checkpoint (its held-out normals)"
     normals = None
@@ -393,6 +394,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         trainer.precision_plugin.forward_context,
         options.progress,
     )
+    scorer.source = f"the model trained in {options.out}"
     calibration = _calibrate(scorer, split, options.fpr)
     history = [dict(entry) for entry in module.history]
     batches = {
