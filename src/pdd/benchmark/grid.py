@@ -3,12 +3,15 @@
 The output folder::
 
     DIR/suite.yaml                         the resolved suite (a rerun must match it)
-    DIR/runs/<dataset>/<preset>/           one ordinary run folder per grid cell (seeds inside)
+    DIR/runs/<dataset>/<preset>/           one ordinary run folder per grid cell (seeds inside;
+                                           anomalib:Padim -> anomalib_Padim)
     DIR/results.csv, results.md, report.html
 
 A cell whose run folder is complete (``run_folder.is_complete``) is skipped; one with a
 ``config.yaml`` but no final metrics was interrupted and is resumed (``runner.resume``); anything
-else is fitted. Results are read only from the run folders' ``metrics.json``, so the tables always
+else is fitted. An anomalib model's cell (``pdd.integrations.anomalib_runs``) is trained and scored
+by anomalib on the same split and evaluated by the same code; its finished seeds are kept and an
+unfinished one is run again. Results are read only from the run folders' ``metrics.json``, so the tables always
 show what the runs wrote: a rerun that trains nothing rewrites the same numbers.
 """
 
@@ -20,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdd.benchmark.suite import DatasetEntry, Suite, suite_to_dict
+from pdd.benchmark.suite import DatasetEntry, Suite, preset_folder, suite_to_dict
 from pdd.benchmark.tables import ResultRow, write_tables
+from pdd.data import list_classes
 from pdd.errors import ConfigError
 from pdd.evaluation.aggregate import METRIC_KEYS, mean_metrics
 from pdd.runs.folder import is_complete, read_json, read_yaml, write_yaml
@@ -65,7 +69,7 @@ class RunSettings:
 def plan(suite: Suite, out: Path) -> list[Cell]:
     """Every dataset x preset, datasets outermost (a dataset's presets run back to back)."""
     return [
-        Cell(entry, preset, out / "runs" / entry.name / preset)
+        Cell(entry, preset, out / "runs" / entry.name / preset_folder(preset))
         for entry in suite.datasets
         for preset in suite.presets
     ]
@@ -104,15 +108,27 @@ def run_benchmark(
     settings: RunSettings | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[ResultRow]:
-    """Run (or finish) every cell, then write the three results files; returns their rows."""
+    """Run (or finish) every cell, then write the three results files; returns their rows.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from pdd.benchmark.grid import run_benchmark
+        >>> from pdd.benchmark.suite import load_suite
+        >>> suite = load_suite("paper", data_root=Path("/data"))  # doctest: +SKIP
+        >>> rows = run_benchmark(suite, Path("runs/paper"))  # doctest: +SKIP
+    """
     settings = settings or RunSettings()
     out = Path(out)
+    _check_anomalib_datasets(suite)
     _claim(out, suite)
     cells = plan(suite, out)
     for number, cell in enumerate(cells, 1):
         label = f"[{number}/{len(cells)}] {cell.dataset.name} / {cell.preset}"
         if is_complete(cell.folder):
             _say(log, f"{label}: complete, skipped")
+        elif cell.preset in suite.anomalib:
+            _say(log, label)
+            _run_anomalib(suite, cell, settings)
         elif (cell.folder / "config.yaml").is_file():
             _say(log, f"{label}: resuming the interrupted run")
             runner.resume(cell.folder, progress=settings.progress)
@@ -122,6 +138,31 @@ def run_benchmark(
     rows = collect_results(suite, out, cells)
     write_tables(suite, out, rows)
     return rows
+
+
+def _run_anomalib(suite: Suite, cell: Cell, settings: RunSettings) -> None:
+    """anomalib is imported only here: suites without anomalib models never need it."""
+    from pdd.integrations.anomalib_runs import AnomalibCell, run_cell
+
+    options = fit_options(suite, cell, settings)
+    run_cell(AnomalibCell(suite.anomalib[cell.preset], options, cell.dataset.name))
+
+
+def _check_anomalib_datasets(suite: Suite) -> None:
+    """An anomalib model trains one model per run: a multi-class dataset needs ``class`` or
+    ``joint`` (ours train one model per class there). Checked before anything runs."""
+    if not suite.anomalib:
+        return
+    for entry in suite.datasets:
+        if entry.joint or entry.class_name is not None or entry.split_file is not None:
+            continue
+        classes = list_classes(entry.data, entry.format)
+        if len(classes) > 1:
+            raise ConfigError(
+                f"{suite.source}: datasets: {entry.name}: has {len(classes)} classes; the suite's "
+                f"anomalib models ({', '.join(suite.anomalib)}) need `class: <name>` or "
+                "`joint: true` for it"
+            )
 
 
 def _say(log: Callable[[str], None] | None, line: str) -> None:
@@ -198,6 +239,9 @@ def _rows_of(cell: Cell, record: Mapping[str, Any], out: Path) -> list[ResultRow
         std={k: float(top_std[k]) for k in mean if k in top_std},
         run_folder=folder,
         seed_folders=tuple(f"{folder}/seed_{s}" for s in seeds) if multi_seed else (folder,),
+        model=_model_label(per_seed[0]),
+        train_seconds=_mean_cost([_train_seconds(r) for r in per_seed]),
+        images_per_second=_mean_cost([_images_per_second(r) for r in per_seed]),
     )
     rows = [base]
     if joint:
@@ -209,3 +253,37 @@ def _rows_of(cell: Cell, record: Mapping[str, Any], out: Path) -> list[ResultRow
             )
         )
     return rows
+
+
+def _model_label(record: Mapping[str, Any]) -> str:
+    """Which code made the row: anomalib's version, class and arguments, or pdd's version."""
+    if record.get("framework") == "anomalib":
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(record.get("anomalib_args", {}).items()))
+        return f"anomalib {record.get('anomalib_version')} {record.get('anomalib_model')}({args})"
+    return f"pdd {record.get('pdd_version')}"
+
+
+def _train_seconds(record: Mapping[str, Any]) -> float | None:
+    value = record.get("timing", {}).get("train_seconds")
+    return None if value is None else float(value)
+
+
+def _images_per_second(record: Mapping[str, Any]) -> float | None:
+    """Inference throughput of one sub-run: as recorded, or the images its evaluation scored
+    (held-out normals, or the training normals without a holdout, and the test images) over its
+    ``eval_seconds``."""
+    timing = record.get("timing", {})
+    if "images_per_second" in timing:
+        return float(timing["images_per_second"])
+    seconds = timing.get("eval_seconds")
+    if not seconds or "num_test" not in record:
+        return None
+    normals = int(record.get("num_holdout") or 0) or int(record.get("num_train") or 0)
+    return (int(record["num_test"]) + normals) / float(seconds)
+
+
+def _mean_cost(values: Sequence[float | None]) -> float | None:
+    """The mean over seeds; None when any seed lacks it (e.g. a multi-class seed record)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]

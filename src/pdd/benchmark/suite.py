@@ -9,7 +9,11 @@ A suite is a YAML file (or the name of one shipped in ``pdd/configs/suites``)::
     teachers: random          # optional; default pretrained
     holdout_fraction: 0.1     # optional; the runner's default
     seeds: [0, 1]
-    presets: [pdd, rd4ad]
+    presets:                  # our presets, and anomalib's models (the anomalib extra)
+      - pdd
+      - rd4ad
+      - anomalib:Patchcore
+      - {anomalib: Padim, args: {backbone: resnet18}, name: padim-r18, epochs: 1, batch_size: 8}
     datasets:
       - {name: synth, data: /path/a, format: folder}
       - {name: uni, data: /path/b, format: unimedical, joint: true}
@@ -18,6 +22,12 @@ A suite is a YAML file (or the name of one shipped in ``pdd/configs/suites``)::
       datasets:
         synth: {pdd: {image_auroc: 97.5}}
         uni: {over: classes, pdd: {image_auroc: 81.4}}
+
+An anomalib entry is ``anomalib:<Model>`` or a mapping with ``anomalib`` (a class of
+``anomalib.models``), optional ``args`` (its constructor arguments), ``name`` (its label in the
+tables; default ``anomalib:<Model>``) and ``epochs`` / ``batch_size`` (this model's, instead of the
+suite's). It is checked here too: anomalib installed, the model known, every argument one of its
+constructor's (``pdd.integrations.anomalib_models``).
 
 Relative ``data`` / ``split_file`` paths are taken under ``--data-root`` when given, else beside the
 suite file; a built-in suite needs ``--data-root``. Every mistake is a ``ConfigError`` naming the
@@ -38,6 +48,8 @@ from pdd.config import read_yaml_file, resolve_config
 from pdd.data import FORMATS
 from pdd.errors import ConfigError, PDDError
 from pdd.evaluation.aggregate import METRIC_KEYS
+from pdd.integrations.anomalib_models import PREFIX as ANOMALIB_PREFIX
+from pdd.integrations.anomalib_models import AnomalibEntry, check_entry
 
 __all__ = [
     "BUILTIN_SUITES",
@@ -46,6 +58,7 @@ __all__ = [
     "Suite",
     "builtin_suite_dir",
     "load_suite",
+    "preset_folder",
     "suite_to_dict",
 ]
 
@@ -58,6 +71,7 @@ _TOP_KEYS = (
     "seeds", "presets", "datasets", "published",
 )  # fmt: skip
 _DATASET_KEYS = ("name", "data", "format", "joint", "class", "split_file")
+_ANOMALIB_KEYS = ("anomalib", "name", "args", "epochs", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,13 @@ class Suite:
     # dataset -> preset -> metric -> value in [0, 1]
     published: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
     published_over: Mapping[str, str] = field(default_factory=dict)  # dataset -> OVER_CHOICES
+    # label in ``presets`` -> the anomalib model it names (the other presets are ours)
+    anomalib: Mapping[str, AnomalibEntry] = field(default_factory=dict)
+
+
+def preset_folder(preset: str) -> str:
+    """The folder name of a preset's runs (``anomalib:Padim`` -> ``anomalib_Padim``)."""
+    return preset.replace(":", "_")
 
 
 def builtin_suite_dir() -> Path:
@@ -140,7 +161,9 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
             values[key] = getattr(suite, key)
     values["teachers"] = suite.teachers
     values["seeds"] = list(suite.seeds)
-    values["presets"] = list(suite.presets)
+    values["presets"] = [
+        _anomalib_to_dict(suite.anomalib[p]) if p in suite.anomalib else p for p in suite.presets
+    ]
     values["datasets"] = [_dataset_to_dict(entry) for entry in suite.datasets]
     if suite.published:
         datasets: dict[str, Any] = {}
@@ -153,6 +176,19 @@ def suite_to_dict(suite: Suite) -> dict[str, Any]:
             datasets[name] = entry
         values["published"] = {"label": suite.published_label, "datasets": datasets}
     return values
+
+
+def _anomalib_to_dict(entry: AnomalibEntry) -> str | dict[str, Any]:
+    """The entry as a suite file writes it (the short form when it has nothing but the model)."""
+    values: dict[str, Any] = {"anomalib": entry.model}
+    if entry.label != ANOMALIB_PREFIX + entry.model:
+        values["name"] = entry.label
+    if entry.args:
+        values["args"] = dict(entry.args)
+    for key in ("epochs", "batch_size"):
+        if getattr(entry, key) is not None:
+            values[key] = getattr(entry, key)
+    return values if len(values) > 1 else ANOMALIB_PREFIX + entry.model
 
 
 def _dataset_to_dict(entry: DatasetEntry) -> dict[str, Any]:
@@ -275,9 +311,21 @@ def _parse(
     ):
         raise (where / "holdout_fraction").fail(f"expected a number in [0, 1), got {holdout!r}")
     seeds = _unique_list(top["seeds"], where / "seeds", _seed)
-    presets = _unique_list(top["presets"], where / "presets", _text)
+    items = _unique_list(top["presets"], where / "presets", _preset)
+    presets = [item if isinstance(item, str) else item.label for item in items]
+    repeated_labels = sorted({p for p in presets if presets.count(p) > 1})
+    if repeated_labels:
+        raise (where / "presets").fail(f"repeated: {', '.join(repeated_labels)}")
+    anomalib = {item.label: item for item in items if isinstance(item, AnomalibEntry)}
     suite_teachers = teachers if teachers is not None else file_teachers
-    _check_presets(presets, where / "presets", sizes, suite_teachers, check_model)
+    ours = [(i, p) for i, p in enumerate(presets) if p not in anomalib]
+    _check_presets(ours, where / "presets", sizes, suite_teachers, check_model)
+    for i, item in enumerate(items):
+        if isinstance(item, AnomalibEntry):
+            try:
+                check_entry(item, suite_teachers)
+            except PDDError as exc:
+                raise (where / "presets" / i).fail(str(exc)) from exc
     datasets = [
         _dataset(value, where / "datasets" / i, base)
         for i, value in enumerate(_list(top["datasets"], where / "datasets"))
@@ -301,6 +349,7 @@ def _parse(
         published_label=label,
         published=published,
         published_over=over,
+        anomalib=anomalib,
     )
 
 
@@ -310,8 +359,41 @@ def _list(value: Any, where: _Where) -> list[Any]:
     return value
 
 
+def _preset(value: Any, where: _Where) -> str | AnomalibEntry:
+    """One item of ``presets``: our preset's name, or an anomalib model (either form)."""
+    if isinstance(value, str) and value.startswith(ANOMALIB_PREFIX):
+        return _anomalib_entry({"anomalib": value[len(ANOMALIB_PREFIX) :]}, where)
+    if isinstance(value, dict):
+        return _anomalib_entry(value, where)
+    return _text(value, where)
+
+
+def _anomalib_entry(value: dict[str, Any], where: _Where) -> AnomalibEntry:
+    entry = _mapping(value, where, _ANOMALIB_KEYS)
+    if "anomalib" not in entry:
+        raise (where / "anomalib").fail("required key missing (the anomalib model's class name)")
+    model = _text(entry["anomalib"], where / "anomalib")
+    if not model.isidentifier():
+        raise (where / "anomalib").fail(f"{model!r} is not a class name of anomalib.models")
+    label = ANOMALIB_PREFIX + model
+    if "name" in entry:
+        label = _text(entry["name"], where / "name")
+    if Path(preset_folder(label)).name != preset_folder(label) or label.startswith("."):
+        raise (where / "name").fail(f"{label!r} cannot be a folder name")
+    args = _mapping(entry.get("args", {}), where / "args")
+    for key in args:
+        if not isinstance(key, str):
+            raise (where / "args").fail(f"argument names are text, got {key!r}")
+    sizes = {
+        key: _positive_int(entry[key], where / key)
+        for key in ("epochs", "batch_size")
+        if entry.get(key) is not None
+    }
+    return AnomalibEntry(label=label, model=model, args=dict(args), **sizes)
+
+
 def _check_presets(
-    presets: list[str],
+    presets: list[tuple[int, str]],
     where: _Where,
     sizes: Mapping[str, int],
     teachers: str,
@@ -324,7 +406,7 @@ def _check_presets(
     train = {k: sizes[k] for k in ("epochs", "batch_size") if k in sizes}
     if train:
         overrides["train"] = train
-    for i, preset in enumerate(presets):
+    for i, preset in presets:
         try:
             check_model(preset, copy.deepcopy(overrides))
         except PDDError as exc:

@@ -2,7 +2,11 @@
 
 ``results.csv`` keeps the values of ``metrics.json`` unrounded (fractions in [0, 1]; published
 numbers converted to fractions too); the Markdown and HTML tables show mean ± std in percent, the
-published numbers in a column beside ours, and say when the teachers were random.
+published numbers in a column beside ours, and say when the teachers were random. Every row also
+says which model it is (``model``: pdd's version, or anomalib's version, class and arguments) and
+what it cost on this machine in the same run: training wall-clock seconds and inference images per
+second (held-out normals and test images scored and evaluated, per wall-clock second; the mean
+over seeds).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class ResultRow:
     published: Mapping[str, float] = field(default_factory=dict)
     run_folder: str = ""  # relative to the benchmark folder
     seed_folders: tuple[str, ...] = ()
+    model: str = ""  # "pdd 0.1.0" or "anomalib 2.7.0 Padim(backbone='resnet18', ...)"
+    train_seconds: float | None = None  # mean over seeds, wall clock
+    images_per_second: float | None = None  # inference, mean over seeds, wall clock
 
 
 def write_tables(suite: Suite, out: Path, rows: Sequence[ResultRow]) -> None:
@@ -83,6 +90,7 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
     for key in METRIC_KEYS:
         header += [f"{key}_mean", f"{key}_std"]
     header += [f"published_{key}" for key in published]
+    header += ["model", "train_seconds", "images_per_second"]
     header += ["run_folder", "seed_folders"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -95,9 +103,18 @@ def results_csv(rows: Sequence[ResultRow]) -> str:
         for key in METRIC_KEYS:
             line += [row.mean.get(key, ""), row.std.get(key, "")]
         line += [row.published.get(key, "") for key in published]
+        line += [row.model, _blank(row.train_seconds), _blank(row.images_per_second)]
         line += [row.run_folder, ";".join(row.seed_folders)]
         writer.writerow(escape_row(line))  # names from the suite file: no spreadsheet formulas
     return buffer.getvalue()
+
+
+def _blank(value: float | None) -> object:
+    return "" if value is None else value
+
+
+def _cost(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _percent(row: ResultRow, key: str) -> str:
@@ -120,6 +137,7 @@ def _table(suite: Suite, rows: Sequence[ResultRow]) -> tuple[list[str], list[lis
         header.append(f"{METRIC_NAMES[key]} %")
         if key in published:
             header.append(f"{METRIC_NAMES[key]} % ({label})")
+    header += ["train s", "images/s", "model"]
     cells = []
     for row in rows:
         preset = row.preset + (" (random teachers)" if row.teachers == "random" else "")
@@ -128,6 +146,7 @@ def _table(suite: Suite, rows: Sequence[ResultRow]) -> tuple[list[str], list[lis
             line.append(_percent(row, key))
             if key in published:
                 line.append(_published(row, key))
+        line += [_cost(row.train_seconds, 1), _cost(row.images_per_second, 1), row.model]
         cells.append(line)
     return header, cells
 
@@ -135,8 +154,11 @@ def _table(suite: Suite, rows: Sequence[ResultRow]) -> tuple[list[str], list[lis
 def _notes(suite: Suite, rows: Sequence[ResultRow]) -> list[str]:
     seeds = ", ".join(map(str, suite.seeds))
     notes = [
-        f"Suite {suite.name} ({suite.source}); seeds {seeds}; teachers {suite.teachers}. "
-        "Values: mean ± std over seeds (population std, as in each run's metrics.json), in percent."
+        (
+            f"Suite {suite.name} ({suite.source}); seeds {seeds}; teachers {suite.teachers}. "
+            "Values: mean ± std over seeds (population std, as in each run's metrics.json), in "
+            "percent."
+        )
     ]
     if any(row.teachers == "random" for row in rows):
         notes.append(_RANDOM_WARNING)
@@ -145,6 +167,11 @@ def _notes(suite: Suite, rows: Sequence[ResultRow]) -> list[str]:
             f"Columns marked ({suite.published_label or 'published'}) are the numbers the suite "
             "gives for comparison, not measured here."
         )
+    notes.append(
+        "train s: training wall-clock seconds; images/s: held-out normals and test images scored "
+        "and evaluated per wall-clock second (inference); both the mean over seeds, measured in "
+        "the same run on this machine."
+    )
     if any(row.over != "images" for row in rows):
         notes.append(
             "over: pooled = every test image of one joint model; class mean = mean over classes."

@@ -1,0 +1,1 @@
+"""Bridges to other anomaly-detection libraries (optional extras, imported only where used)."""
