@@ -144,7 +144,12 @@ def _output_name(scan: Scan, first: int, overlays: bool, used: set[str]) -> str:
             name = f"maps/{stem}-{first}_anomaly.nii.gz"
         used.add(name)
         return name
-    return f"heatmaps/{first:05d}_{stem}.png" if overlays else ""
+    if not overlays:
+        return ""
+    # The parent folder stays in the name (as in fit's heatmaps/<index>_<kind>_<stem>.png), so
+    # test/good/000.png and test/tumor/000.png give 00000_good_000.png and 00001_tumor_000.png.
+    folder = _safe(Path(scan.key).parent.name)[:40]
+    return f"heatmaps/{first:05d}_{folder + '_' if folder else ''}{stem}.png"
 
 
 def _safe(text: str) -> str:
