@@ -177,3 +177,59 @@ def test_bad_protocol_options_fail_before_anything_is_written(
     with pytest.raises(ConfigError, match=message):
         _resolve("--data", str(data_dir), "--out", str(out), flag, value)
     assert not out.exists()
+
+
+def test_fpr_and_feature_cache_from_the_command_line_and_a_config_file(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    base = ("--data", str(data_dir), "--out", str(tmp_path / "a"))
+    options = _resolve(*base, "--fpr", "0.01", "--feature-cache", "disk")
+    assert (options.fpr, options.feature_cache) == (0.01, "disk")
+    assert (_resolve(*base).fpr, _resolve(*base).feature_cache) == (0.05, "auto")
+    config = tmp_path / "fit.yaml"
+    config.write_text("fpr: 0.1\nfeature-cache: memory\n")
+    from_file = _resolve("--config", str(config), *base)
+    assert (from_file.fpr, from_file.feature_cache) == (0.1, "memory")
+
+
+@pytest.mark.parametrize(
+    ("argv", "text", "message"),
+    [
+        (["--fpr", "0"], None, r"^--fpr: must be > 0\.0, got 0\.0$"),
+        (["--fpr", "1"], None, r"^--fpr: must be < 1\.0, got 1\.0$"),
+        (["--num-workers", "-1"], None, r"^--num-workers: must be >= 0, got -1$"),
+        ([], "fpr: 1.5\n", r"fit\.yaml: fpr: must be < 1\.0, got 1\.5$"),
+        ([], "feature_cache: gpu\n", r"fit\.yaml: feature_cache: must be one of auto, memory, disk, off, got 'gpu'$"),
+        ([], "image_size: 6.4e+1\n", r"fit\.yaml: image_size: must be an integer, got 64\.0$"),
+        ([], "seeds: x\n", r"fit\.yaml: seeds: must be comma-separated whole numbers, got 'x'$"),
+        ([], "options: {epochz: 3}\n", r"fit\.yaml: unknown option 'options\.epochz' \(known: .*epochs"),
+        ([], "teachers: pretrained\nmodel: {teachers: imagenet}\n", r"config key 'teachers': must be one of pretrained, random"),
+    ],
+)  # fmt: skip
+def test_bad_option_values_name_the_option_and_the_file(
+    tmp_path: Path, data_dir: Path, argv: list[str], text: str | None, message: str
+) -> None:
+    """One schema checks options from either place; the message names the flag or the file."""
+    extra = list(argv)
+    if text is not None:
+        config = tmp_path / "fit.yaml"
+        config.write_text(text)
+        extra += ["--config", str(config)]
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=message):
+        _resolve("--data", str(data_dir), "--out", str(out), *extra)
+    assert not out.exists()
+
+
+def test_the_schema_knows_every_fit_option_and_dataset_format() -> None:
+    """A field added to FitOptions (or a layout added to pdd.data) without the schema would make
+    saved run configurations unreadable; this catches the drift."""
+    import dataclasses
+
+    from pdd.config.schema import DATASET_FORMATS, FitSettings
+    from pdd.data import FORMATS
+    from pdd.training.options import FitOptions
+
+    fields = {field.name for field in dataclasses.fields(FitOptions)} - {"model_overrides", "progress"}
+    assert set(FitSettings.model_fields) == fields
+    assert DATASET_FORMATS == ("auto", *FORMATS)
