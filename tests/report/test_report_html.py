@@ -160,3 +160,17 @@ def test_per_class_thresholds_come_from_the_class_sub_runs(run_folder_factory) -
     (run / "liver" / "metrics.json").unlink()
     page = write_report(run).read_text(encoding="utf-8")
     assert "metrics.json has no threshold: no threshold line is drawn." in page
+
+
+def test_training_section_explains_a_zero_diversity_hinge(run_folder_factory) -> None:
+    """loss_div reads 0 when its margins are met: the report says so, and only when it is shown."""
+    run = run_folder_factory(heatmaps=False)
+    hinge = "loss_div (the diversity loss) is a hinge: it reads 0"
+    assert hinge not in write_report(run).read_text(encoding="utf-8")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["train_history"] = [{"epoch": e, "loss": 1.0 / e, "loss_s2": 0.9 / e, "loss_div": 0.0}
+                                for e in (1, 2, 3)]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(run).read_text(encoding="utf-8")
+    training = page[page.index('<section id="training">'):]
+    assert hinge in training[: training.index("</section>")]

@@ -30,6 +30,9 @@ _NORMAL_COLOUR = "#2b6cb0"
 _ANOMALOUS_COLOUR = "#c53030"
 _LINE_COLOURS = ["#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#2c7a7b", "#97266d"]
 _LINE_STYLES = ["-", "--", ":", "-."]
+_HINGE_NOTE = ("loss_div (the diversity loss) is a hinge: it reads 0 whenever the two students "
+               "already meet its margins (first-level features at most tau_low alike, deeper "
+               "ones at least tau_high alike), so 0 in most epochs means satisfied, not broken.")
 
 
 def _curve_groups(sets: list[ScoreSet]) -> dict[tuple[str, str], list[ScoreRow]]:
@@ -202,5 +205,6 @@ def training_section(run: ReportRun) -> str:
             f'{figure_html(figure, "Training loss per epoch")}'
             + (note(f"Grey: the total loss of each of the {len(steps)} optimiser steps, from "
                     "the run's CSV log (logs/).") if steps else "")
+            + (note(_HINGE_NOTE) if "loss_div" in terms else "")
             + note("The last epoch is evaluated; test images never select an epoch.")
             + "</section>")
