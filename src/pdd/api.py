@@ -38,7 +38,27 @@ class Detection:
 
 
 class Detector:
-    """A loaded checkpoint ready to score images in this process."""
+    """A loaded checkpoint ready to score images in this process.
+
+    Same reading, preprocessing and map resize as ``pdd predict``; one ``Detection`` (score,
+    anomaly map at the input's size, decision and threshold when the checkpoint has one) per image.
+
+    Example:
+        >>> from pdd import Detector
+        >>> detector = Detector.load("runs/headct/seed_0/model.ckpt")  # doctest: +SKIP
+        >>> detection = detector.predict("scan.dcm")  # doctest: +SKIP
+        >>> detection.score, detection.is_anomalous  # doctest: +SKIP
+
+        A model in memory works too; without a threshold there is no decision:
+
+        >>> import numpy as np
+        >>> from pdd import create_model
+        >>> detector = Detector(create_model("rd4ad", teachers="random", image_size=64), threshold=None)
+        >>> image = np.linspace(0, 1, 100 * 80, dtype=np.float32).reshape(100, 80)
+        >>> detection = detector.predict(image)
+        >>> detection.anomaly_map.shape, detection.is_anomalous
+        ((100, 80), None)
+    """
 
     source = "the model"
     """What produced the model, for error messages (``load`` sets the checkpoint's path)."""

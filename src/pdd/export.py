@@ -78,6 +78,12 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``checkpoint`` to ONNX at ``out`` and verify it with onnxruntime.
 
+    Example:
+        >>> from pathlib import Path
+        >>> from pdd.export import export_onnx
+        >>> exported = export_onnx(Path("runs/headct/seed_0/model.ckpt"), Path("model.onnx"))  # doctest: +SKIP
+        >>> exported.path, exported.opset, exported.max_score_error  # doctest: +SKIP
+
     ``check_batch`` random images (plus a single image, to prove the batch axis is dynamic) are
     run through both PyTorch and onnxruntime; the file is only written if they agree within
     :data:`MAP_TOLERANCE` / :data:`SCORE_TOLERANCE` (relative to the largest value).

@@ -31,6 +31,23 @@ register_family(RD4AD)
 
 
 def create_model(preset: str, **overrides: Any) -> AnomalyModel:
-    """Build the named preset with config overrides (``create_model(**model.config)`` rebuilds)."""
+    """Build the named preset with config overrides (``create_model(**model.config)`` rebuilds).
+
+    Overrides are config keys; nested sections merge key by key and dotted keys work. The model's
+    ``forward`` gives anomaly maps at the input's size and one score per image (higher: more
+    anomalous); ``loss`` is what training minimises.
+
+    Example:
+        >>> import torch
+        >>> from pdd import create_model
+        >>> model = create_model("rd4ad", teachers="random", image_size=64).eval()
+        >>> maps, scores = model(torch.rand(2, 3, 64, 64))
+        >>> tuple(maps.shape), tuple(scores.shape)
+        ((2, 64, 64), (2,))
+
+        The method's preset needs the pretrained teachers (``pdd weights download``):
+
+        >>> model = create_model("pdd", **{"train.lr": 1e-3})  # doctest: +SKIP
+    """
     config = resolve_config(preset, overrides)
     return FAMILIES[config["family"]](config)

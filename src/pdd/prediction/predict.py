@@ -102,6 +102,15 @@ def predict(
 ) -> PredictResult | None:
     """Score ``options.inputs`` into the new or empty folder ``options.out``.
 
+    Example:
+        >>> from pathlib import Path
+        >>> from pdd.prediction.predict import PredictOptions, predict, resume
+        >>> options = PredictOptions(checkpoint=Path("runs/headct/seed_0/model.ckpt"),
+        ...                          inputs=(Path("/data/new_scans"),), out=Path("runs/new"))
+        >>> result = predict(options)  # doctest: +SKIP
+        >>> result.scored, result.anomalous, result.scores_csv  # doctest: +SKIP
+        >>> result = resume(Path("runs/new"))  # after an interruption  # doctest: +SKIP
+
     Returns the totals on global rank 0 and None on the other processes of a multi-process run.
     Raises ``DataError`` when nothing could be scored (after writing skipped.csv).
     """

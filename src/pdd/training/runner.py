@@ -70,7 +70,21 @@ __all__ = ["FitOptions", "fit", "resume", "test"]
 
 
 def fit(options: FitOptions) -> Path:
-    """Train then test (every seed, every class); returns the run folder."""
+    """Train then test (every seed, every class); returns the run folder.
+
+    ``options`` are those of ``pdd fit`` (``FitOptions``); the folder gets ``metrics.json``,
+    ``scores.csv``, ``split.csv``, ``config.yaml``, ``model.ckpt`` and ``report.html`` (one
+    ``seed_<n>/`` or ``<class>/`` sub-folder each when there are several).
+
+    Example:
+        >>> from pathlib import Path
+        >>> from pdd.training import runner
+        >>> from pdd.training.options import FitOptions
+        >>> options = FitOptions(data=Path("/data/headct"), out=Path("runs/headct"), format="headct",
+        ...                      preset="pdd", seeds=[0, 1, 2])
+        >>> run = runner.fit(options)  # doctest: +SKIP
+        >>> runner.resume(run)  # after a crash or Ctrl-C  # doctest: +SKIP
+    """
     options = normalised(options)
     if not options.seeds:
         raise ConfigError("no seeds given: need at least one")
@@ -118,6 +132,12 @@ def test(
     progress: bool = True,
 ) -> Path:
     """Evaluate a saved model on a dataset's test split; returns the run folder.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from pdd.training import runner
+        >>> out = runner.test(Path("runs/headct/seed_0/model.ckpt"), Path("/data/headct"),  # doctest: +SKIP
+        ...                   Path("runs/headct-test"), format="headct")
 
     The threshold and heatmap scale are the checkpoint's (chosen on the training run's held-out
     normals; a checkpoint without a threshold is evaluated without decisions, one without a
