@@ -298,3 +298,34 @@ def test_fit_whose_model_outputs_nan_fails_naming_image_and_run(
     with pytest.raises(NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with the model trained in {out}"):
         fit(options)
     assert not (out / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- 13. predict lock
+
+
+def test_second_predict_on_a_locked_folder_is_refused_naming_the_holder(
+    tmp_path: Path, good_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from pdd.errors import ConfigError
+    from pdd.prediction.predict import resume
+    from pdd.runs.lock import run_lock
+
+    image = _png(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    options = PredictOptions(checkpoint=good_ckpt, inputs=(image,), out=out)
+    with run_lock(out):  # another pdd predict is writing this folder
+        with pytest.raises(ConfigError, match=rf"{out}: another pdd run \(pid {os.getpid()}\)"):
+            predict(options)
+    assert [p.name for p in out.iterdir()] == []  # the refused run wrote nothing
+    predict(options)
+    record = (out / "predict.json").read_text()
+    with run_lock(out):
+        with pytest.raises(ConfigError, match=rf"another pdd run \(pid {os.getpid()}\)"):
+            resume(out)
+        assert main(["predict", "--resume", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"pid {os.getpid()}" in err
+    assert (out / "predict.json").read_text() == record  # nothing the holder wrote was touched
+    assert not (out / ".pdd.lock").exists()

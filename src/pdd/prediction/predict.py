@@ -32,6 +32,7 @@ score rule, stored threshold and decision; ``predict_plan`` the numbered work li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -77,6 +78,7 @@ from pdd.prediction.run import (
     read_record,
     write_csv,
 )
+from pdd.runs.lock import LOCK_NAME, run_lock
 from pdd.runs.ranks import is_global_zero_from_env
 
 __all__ = [
@@ -117,15 +119,16 @@ def predict(
     _check_rule_and_batch(options)
     trainer = _trainer(options)  # accelerator problems fail here, before anything is written
     zero = is_global_zero_from_env()
-    if zero:
-        _refuse_used_folder(options.out)
-    model, meta = _load(options.checkpoint)
-    plan = None
-    if zero or not Plan.exists(options.out / WORK_DIR):
-        # Rank 0 writes the plan; processes started beside it (SLURM) may not see it yet and
-        # build the same one from the same inputs.
-        plan = _make_plan(options, meta, write=zero)
-    return _execute(options, trainer, model, meta, plan, on_progress=on_progress)
+    with _run_lock(options.out):
+        if zero:
+            _refuse_used_folder(options.out)
+        model, meta = _load(options.checkpoint)
+        plan = None
+        if zero or not Plan.exists(options.out / WORK_DIR):
+            # Rank 0 writes the plan; processes started beside it (SLURM) may not see it yet and
+            # build the same one from the same inputs.
+            plan = _make_plan(options, meta, write=zero)
+        return _execute(options, trainer, model, meta, plan, on_progress=on_progress)
 
 
 def resume(
@@ -139,6 +142,16 @@ def resume(
     ``overrides`` may change how it runs (``accelerator``, ``devices``, ``num_nodes``,
     ``strategy``, ``batch_size``, ``num_workers``), never what it computes.
     """
+    read_record(out)  # not a predict run's folder: refused before the lock creates anything
+    with _run_lock(out):
+        return _resume(out, overrides, on_progress)
+
+
+def _resume(
+    out: Path,
+    overrides: Mapping[str, Any] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> PredictResult | None:
     record = read_record(out)
     allowed = {"accelerator", "devices", "num_nodes", "strategy", "batch_size", "num_workers"}
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -158,6 +171,13 @@ def resume(
 
 
 # --------------------------------------------------------------------------- setup
+
+
+def _run_lock(out: Path) -> contextlib.AbstractContextManager[object]:
+    """The folder's lock (``pdd.runs.lock``, as ``pdd fit`` holds it) for the whole run, held by
+    global rank 0, the process that writes the result files: a second ``pdd predict`` or
+    ``--resume`` on the same folder is a one-line error naming the holder's pid."""
+    return run_lock(out) if is_global_zero_from_env() else contextlib.nullcontext()
 
 
 def _check_rule_and_batch(options: PredictOptions) -> None:
@@ -185,7 +205,7 @@ def _refuse_used_folder(out: Path) -> None:
     """A folder with anything in it is another run's (or someone's files): never mix results."""
     if out.exists() and not out.is_dir():
         raise PDDError(f"{out}: output folder is a file")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(entry.name != LOCK_NAME for entry in out.iterdir()):
         if (out / RUN_FILE).is_file():
             raise PDDError(
                 f"{out}: holds a predict run already; continue it with `pdd predict --resume {out}` "
