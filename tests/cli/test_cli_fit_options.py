@@ -233,3 +233,15 @@ def test_the_schema_knows_every_fit_option_and_dataset_format() -> None:
     fields = {field.name for field in dataclasses.fields(FitOptions)} - {"model_overrides", "progress"}
     assert set(FitSettings.model_fields) == fields
     assert DATASET_FORMATS == ("auto", *FORMATS)
+
+
+def test_a_forged_saved_option_stops_resume_naming_config_yaml(tmp_path: Path) -> None:
+    """`pdd fit --resume` reads the run folder's options through the same schema: a hand-edited
+    ``fpr: 7`` used to be taken as is."""
+    from pdd.training import runner
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"options: {{data: {tmp_path}, out: {run}, fpr: 7.0}}\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: cannot read the saved fit options \(options\.fpr: must be < 1\.0, got 7\.0\)"):
+        runner.resume(run, progress=False)

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdd.config.messages import Subject, validate
+from pdd.config.schema import FitSettings
+from pdd.errors import ConfigError
+
 __all__ = [
     "FitOptions",
     "model_overrides",
@@ -75,11 +79,17 @@ def options_to_dict(options: FitOptions) -> dict[str, Any]:
 
 
 def options_from_dict(values: Mapping[str, Any]) -> FitOptions:
-    """The inverse of ``options_to_dict``; an unknown key is a ValueError."""
+    """The inverse of ``options_to_dict``; an unknown key or a bad value (checked by the options
+    schema, ``pdd.config.schema.FitSettings``) is a ValueError naming it."""
     known = {f.name for f in dataclasses.fields(FitOptions)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}")
+    settings = {k: v for k, v in values.items() if k not in ("model_overrides", "progress")}
+    try:
+        validate(FitSettings, settings, Subject(name=lambda key: f"options.{key}"))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     return normalised(FitOptions(**values))
 
 
