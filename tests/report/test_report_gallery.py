@@ -191,10 +191,10 @@ def test_small_heatmaps_are_shown_at_a_whole_multiple_of_their_own_size(run_fold
         scale = int(image["width"]) // width
         assert scale >= 1 and int(image["width"]) == scale * width
         assert int(image["height"]) == scale * height, image
-        assert int(image["width"]) <= 240 and int(image["height"]) <= 220
+        assert int(image["width"]) <= 264 and int(image["height"]) <= 220
         scales.add((width, height, scale))
-    # the fake folder's overlays: 64 x 64 maps (shown 3x) and 132 x 64 image | map panels (1x)
-    assert scales == {(64, 64, 3), (132, 64, 1)}
+    # the fake folder's overlays: 64 x 64 maps (shown 3x) and 132 x 64 image | map panels (2x)
+    assert scales == {(64, 64, 3), (132, 64, 2)}
 
 
 def test_large_heatmaps_are_shrunk_to_fit_never_stretched(run_folder_factory) -> None:
@@ -204,8 +204,8 @@ def test_large_heatmaps_are_shrunk_to_fit_never_stretched(run_folder_factory) ->
     Image.new("RGB", (600, 300), (200, 30, 30)).save(run / top["heatmap"])
     card = next(c for c in cards_of(run).cards if c["path"] == top["path"])
     pixels = _decoded(card["img"]["src"])
-    assert pixels.shape[:2] == (120, 240)
-    assert (int(card["img"]["width"]), int(card["img"]["height"])) == (240, 120)
+    assert pixels.shape[:2] == (132, 264)
+    assert (int(card["img"]["width"]), int(card["img"]["height"])) == (264, 132)
 
 
 def test_cards_without_a_heatmap_say_why(run_folder_factory) -> None:

@@ -21,7 +21,7 @@ GALLERY_SIZE = 8  # highest and as many lowest; the runner writes overlays for 8
 # ones are shown at the largest whole multiple of their own size that fits, drawn with
 # `image-rendering: pixelated`, so each map pixel is an exact k x k block: a 64 px map is shown
 # big enough to read without the blur (invented smoothness) of stretching it to a fixed box.
-_DISPLAY_BOX = (240, 220)
+_DISPLAY_BOX = (264, 220)
 _NOT_DRAWN = (f"no heatmap: only the {GALLERY_SIZE} highest and {GALLERY_SIZE} lowest scores "
               "are drawn")
 

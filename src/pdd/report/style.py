@@ -32,7 +32,7 @@ summary { cursor:pointer; color:var(--accent); }
 pre { background:var(--panel); border:1px solid var(--line); padding:12px; overflow:auto;
       font-size:12.5px; max-height:420px; }
 img.figure { max-width:100%; height:auto; display:block; margin:8px 0; }
-.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(250px, 1fr)); gap:14px;
+.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(280px, 1fr)); gap:14px;
            align-items:start; }
 .card { margin:0; border:1px solid var(--line); border-radius:6px; overflow:hidden;
         background:var(--panel); }
