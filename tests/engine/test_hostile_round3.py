@@ -329,3 +329,64 @@ def test_second_predict_on_a_locked_folder_is_refused_naming_the_holder(
     assert "\n" not in err and f"pid {os.getpid()}" in err
     assert (out / "predict.json").read_text() == record  # nothing the holder wrote was touched
     assert not (out / ".pdd.lock").exists()
+
+
+# --------------------------------------------------------------------------- 12. output names
+
+
+def test_plan_output_names_are_unique_by_construction() -> None:
+    from pdd.data.sample import Sample
+    from pdd.data.scans import Scan
+    from pdd.prediction.plan import Plan
+
+    def scan(key: str, kind: str, n: int = 1) -> Scan:
+        path = key if kind != "dicom" else f"/s/{len(key)}.dcm"
+        return Scan(key, kind, [Sample(path, 0, "", slice_index=k) for k in range(n)], geometry=True)
+
+    scans = [
+        scan("1.2.999.1", "dicom"), scan("1.2.999.1.", "dicom"), scan("...", "dicom"), scan("", "dicom"),
+        scan("/a/x-6.nii.gz", "nifti"), scan("/b/x.nii.gz", "nifti"), scan("/c/x.nii.gz", "nifti"),
+        scan("/d/X.nii.gz", "nifti"),
+    ]  # fmt: skip
+    outputs = [entry.output for entry in Plan.build(scans, overlays=True).scans]
+    assert len({name.lower() for name in outputs}) == len(outputs), outputs
+    assert all(name not in ("dicom/", "dicom//") and "//" not in name for name in outputs), outputs
+
+
+def test_series_uids_differing_by_a_trailing_dot_get_their_own_folders(
+    tmp_path: Path, good_ckpt: Path
+) -> None:
+    import pydicom
+
+    rng = np.random.default_rng(5)
+    uids = ["1.2.999.1", "1.2.999.1."]
+    for number, uid in enumerate(uids):
+        slices = [np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)]
+        write_series(tmp_path / "in" / f"s{number}", slices, series_uid=uid, seed=number)
+    out = tmp_path / "out"
+    predict(PredictOptions(checkpoint=good_ckpt, inputs=(tmp_path / "in",), out=out))
+    with (out / "volumes.csv").open(newline="", encoding="utf-8") as handle:
+        volumes = list(csv.DictReader(handle))
+    assert sorted(row["scan"] for row in volumes) == sorted(uids)
+    folders = [row["map"] for row in volumes]
+    assert len(set(folders)) == 2, folders
+    for row in volumes:  # each folder holds its own series' two derived slices, nothing else
+        files = sorted((out / row["map"]).glob("*.dcm"))
+        assert len(files) == 2, (row, files)
+        sources = {pydicom.dcmread(f).SourceImageSequence[0].ReferencedSOPInstanceUID for f in files}
+        own = {pydicom.dcmread(f).SOPInstanceUID for f in (tmp_path / "in").rglob("*.dcm")
+               if pydicom.dcmread(f).SeriesInstanceUID == row["scan"]}  # fmt: skip
+        assert sources == own
+
+
+def test_fit_heatmap_names_stay_within_file_name_limits(tmp_path: Path) -> None:
+    from pdd.data.sample import Sample
+    from pdd.evaluation.evaluate import write_heatmaps
+
+    kind, stem = "k" * 200, "p" * 200  # each a legal folder / file name, together too long
+    path = _png(tmp_path / kind / f"{stem}.png")
+    samples = [Sample(str(path), 1, kind)]
+    extremes = {0: (np.zeros((32, 32, 3), np.float32), np.zeros((32, 32), np.float32))}
+    written = write_heatmaps(samples, extremes, {"vmin": 0.0, "vmax": 1.0}, tmp_path / "run")
+    assert (tmp_path / "run" / written[0]).is_file()
+    assert len(Path(written[0]).name.encode()) <= 255

@@ -293,7 +293,7 @@ def write_heatmaps(
         sample = samples[index]
         stem = re.sub(
             r"[^A-Za-z0-9_.-]+", "_", f"{sample.kind}_{Path(sample.path).stem}"
-        )
+        )[:100]  # a long folder plus a long file name must not exceed the 255-byte name limit
         if sample.slice_index is not None:
             stem += f"_slice{sample.slice_index}"
         relative = f"heatmaps/{index:05d}_{stem}.png"

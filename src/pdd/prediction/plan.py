@@ -131,25 +131,35 @@ class Plan:
 
 
 def _output_name(scan: Scan, first: int, overlays: bool, used: set[str]) -> str:
+    """Unique by construction: image overlays carry their unique first index; a series folder or
+    volume map whose cleaned name is taken (UIDs differing only in characters the cleaning drops,
+    equal file names in different folders, names equal but for case on a case-insensitive disk)
+    gets its first index, then a counter, appended; a name that cleans to nothing gets a word."""
     if scan.kind == DICOM:
-        return f"dicom/{_safe(scan.key)}/" if scan.geometry else ""
+        series = _safe(scan.key)[:64] or "series"
+        return _unique(f"dicom/{series}", "/", first, used) if scan.geometry else ""
     stem = Path(scan.key).name
     for suffix in _SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
     stem = _safe(stem)[:80] or "image"
     if scan.kind == NIFTI:
-        name = f"maps/{stem}_anomaly.nii.gz"
-        if name in used:  # equal names from different folders stay apart
-            name = f"maps/{stem}-{first}_anomaly.nii.gz"
-        used.add(name)
-        return name
+        return _unique(f"maps/{stem}", "_anomaly.nii.gz", first, used)
     if not overlays:
         return ""
     # The parent folder stays in the name (as in fit's heatmaps/<index>_<kind>_<stem>.png), so
     # test/good/000.png and test/tumor/000.png give 00000_good_000.png and 00001_tumor_000.png.
     folder = _safe(Path(scan.key).parent.name)[:40]
     return f"heatmaps/{first:05d}_{folder + '_' if folder else ''}{stem}.png"
+
+
+def _unique(base: str, ending: str, first: int, used: set[str]) -> str:
+    name, number = f"{base}{ending}", 1
+    while name.lower() in used:
+        name = f"{base}-{first}{ending}" if number == 1 else f"{base}-{first}-{number}{ending}"
+        number += 1
+    used.add(name.lower())
+    return name
 
 
 def _safe(text: str) -> str:
