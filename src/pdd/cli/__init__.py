@@ -32,6 +32,8 @@ def build_parser() -> ArgumentParser:
     """The full `pdd` parser; each command module adds its sub-commands with ``register``."""
     from pdd.cli import (
         benchmark,
+        cache,
+        calibrate,
         demo,
         export,
         fit,
@@ -51,7 +53,10 @@ def build_parser() -> ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback when a command fails"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, fit, predict, export, import_checkpoint, report, presets, weights, benchmark):
+    for module in (
+        demo, fit, predict, calibrate, export, import_checkpoint, report, presets, weights, benchmark,
+        cache,
+    ):
         module.register(sub)
     return parser
 
