@@ -22,7 +22,9 @@ every tensor contiguous.
   walks each direction in place with a block of states in L1, one pass instead of ~8, computes dt
   on the fly and adds straight into the merged output. It is compiled on first use with PyTorch's
   C++ extension builder (needs g++ with OpenMP and ninja; ~20 s once, cached under
-  ``<pdd cache>/kernels``, see :func:`pdd.teachers.weights.cache_dir`). ``PDD_CPU_KERNEL=0`` turns
+  ``<pdd cache>/kernels/<name>-torch<version>``, see :func:`pdd.teachers.weights.cache_dir`; the
+  name hashes everything the binary depends on, :func:`build_inputs`: CPU flags, compiler and its
+  flags, the kernel source, torch's version, git hash, install path and C++ ABI, Python's version). ``PDD_CPU_KERNEL=0`` turns
   it off; ``PDD_CPU_KERNEL=1`` makes a failed build an error instead of a warning.
 * otherwise the direction sequences are gathered and :func:`~pdd.teachers.selective_scan.selective_scan`
   runs (chunked PyTorch scan; mamba_ssm's kernel on CUDA when installed), or the export-traceable
@@ -47,7 +49,7 @@ from pdd.errors import PDDError
 from pdd.teachers.selective_scan import selective_scan, selective_scan_traceable
 from pdd.teachers.weights import cache_dir
 
-__all__ = ["cpu_kernel", "cross_selective_scan", "visit_order"]
+__all__ = ["build_folder", "build_inputs", "cpu_kernel", "cross_selective_scan", "visit_order"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,8 @@ def _cross_scan_gathered(
     return merged
 
 
-def _build_name() -> str:
-    """Extension name keyed by the CPU's features: the kernel is compiled with -march=native."""
+def _cpu_flags() -> str:
+    """The machine and its CPU feature flags: the kernel is compiled with -march=native."""
     flags = platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -170,7 +172,39 @@ def _build_name() -> str:
                 break
     except OSError:
         flags += platform.processor()
-    return "pdd_cross_scan_" + hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return flags
+
+
+def _compiler_flags() -> list[str]:
+    """-ffast-math lets the compiler vectorise the rounding in the inline exp and reorder sums; the
+    kernel has no NaN/inf logic that it could break."""
+    flags = ["-O3", "-ffast-math", "-fopenmp"]
+    if platform.machine().lower() in {"x86_64", "amd64"}:
+        flags += ["-march=native", "-mprefer-vector-width=512"]
+    return flags
+
+
+def build_inputs(flags: list[str]) -> dict[str, str]:
+    """Everything the compiled binary depends on: two environments share a build folder only when
+    all of it is the same (a shared folder with different inputs would rebuild on every switch)."""
+    return {
+        "cpu": _cpu_flags(),
+        "compiler_flags": " ".join(flags),
+        "compiler": os.environ.get("CXX", "c++"),
+        "source_sha256": hashlib.sha256(_SOURCE.read_bytes()).hexdigest(),
+        "torch_version": torch.__version__,
+        "torch_git": str(getattr(torch.version, "git_version", "")),
+        "torch_path": str(Path(torch.__file__).resolve().parent),
+        "torch_cxx11_abi": str(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", "")),
+        "python": platform.python_version() + " " + platform.python_implementation(),
+    }
+
+
+def build_folder(inputs: dict[str, str]) -> tuple[str, Path]:
+    """Extension name and build folder under ``<pdd cache>/kernels``, keyed by ``build_inputs``."""
+    digest = hashlib.sha256(repr(sorted(inputs.items())).encode()).hexdigest()[:16]
+    name = f"pdd_cross_scan_{digest}"
+    return name, cache_dir() / "kernels" / f"{name}-torch{inputs['torch_version']}"
 
 
 @functools.cache
@@ -188,17 +222,11 @@ def cpu_kernel() -> ModuleType | None:
     finally:
         builder_log.setLevel(level)
 
-    name = _build_name()
-    # Next to the weights; keyed by torch version too, as the binary links against libtorch.
-    build = cache_dir() / "kernels" / f"{name}-torch{torch.__version__}"
+    flags = _compiler_flags()
+    name, build = build_folder(build_inputs(flags))
     binary = build / f"{name}.so"
-    if not binary.exists() or binary.stat().st_mtime < _SOURCE.stat().st_mtime:
+    if not binary.exists():
         log.warning("compiling the fused CPU scan kernel into %s (once, ~20 s)", build)
-    # -ffast-math lets the compiler vectorise the rounding in the inline exp and reorder sums; the
-    # kernel has no NaN/inf logic that it could break.
-    flags = ["-O3", "-ffast-math", "-fopenmp"]
-    if platform.machine().lower() in {"x86_64", "amd64"}:
-        flags += ["-march=native", "-mprefer-vector-width=512"]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
