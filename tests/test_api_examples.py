@@ -108,9 +108,9 @@ def test_cheap_examples_run(spec: str) -> None:
 
 def _readme_python_api() -> str:
     text = README.read_text(encoding="utf-8")
-    section = re.search(r"^## Python API\n(.*?)(?=^## )", text, re.S | re.M)
+    section = re.search(r"^## Python API\n(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
     assert section, "README.md has no '## Python API' section"
-    blocks = re.findall(r"```python\n(.*?)```", section.group(1), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", section.group(1), re.DOTALL)
     assert blocks, "the Python API section has no python code block"
     return "\n".join(blocks)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import graphlib
 import importlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_the_check_finds_a_circle() -> None:
     (circle,) = circles(graph)
     names = circle.split(" -> ")
     assert names[0] == names[-1] and set(names) == {"a", "b", "c"}
-    assert all(after in graph[before] for before, after in zip(names, names[1:]))  # each imports the next
+    assert all(after in graph[before] for before, after in itertools.pairwise(names))  # each imports the next
 
 
 def test_type_checking_imports_are_not_counted() -> None:
