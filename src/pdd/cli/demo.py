@@ -18,11 +18,10 @@ from pdd.errors import PDDError
 
 __all__ = ["DEMO_DEFAULTS", "register"]
 
-# The full `pdd` preset (both full-size teachers). Measured on the idle 2-core CPU at 64 px, 40
-# training phantoms, batch 8: 10 epochs -> 39 s, image AUROC 0.667, pixel AUROC 0.885, AUPRO 0.353;
-# 20 epochs -> 73 s, 0.667 / 0.937 / 0.565. Random teachers limit image-level ranking; the
-# heatmaps keep improving with training, so the demo spends its budget on 20 epochs.
-# (Until the fused CPU scan kernel, the demo had to shrink the VMamba teacher to stay fast.)
+# The full `pdd` preset (both full-size teachers). Random teachers limit image-level ranking; the
+# heatmaps keep improving with training (pixel AUROC and AUPRO rose from 10 to 20 epochs), so the
+# demo spends its budget on 20 epochs. What these defaults print, and how long they take, is in the
+# README, written by benchmarks/demo_table.py.
 DEMO_DEFAULTS = {
     "image_size": 64,
     "epochs": 20,
