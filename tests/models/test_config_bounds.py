@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from pdd.cli import main
 from pdd.config import resolve_config
@@ -84,3 +85,30 @@ def test_yaml_exponent_hint_asks_for_a_dot_and_a_sign(
         "error: config key 'sigma': must be <= 256.0, got 1e+300"
     ]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_sizes_that_multiply_past_the_parameter_budget_fail_before_building(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each key within its bound, together ~18 billion parameters (68 GB): the meta-device count
+    refuses it before any real tensor is allocated or anything is written.
+    Kills: dropping ``check_parameter_budget`` from ``pdd fit``."""
+    from pdd.models import base
+
+    real_build = base.build_teachers
+
+    def build_teachers(config: Any, names: Any) -> Any:
+        if torch.nn.Linear(1, 1).weight.device.type != "meta":
+            raise AssertionError("a real model was built before its size was checked")
+        return real_build(config, names)
+
+    monkeypatch.setattr(base, "build_teachers", build_teachers)
+    huge = "{dims: [512, 1024, 2048, 4096], depths: [32, 32, 32, 32], ssm_ratio: 16.0}"
+    out = tmp_path / "run"
+    argv = ["fit", "--data", str(tmp_path), "--out", str(out), "--teachers", "random",
+            "--set", f"teacher_options.vmamba_tiny_v0={huge}"]  # fmt: skip
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model 'pdd' would have "), lines
+    assert "billion parameters" in lines[0]
+    assert not out.exists()

@@ -252,8 +252,9 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     Everything a user can get wrong is checked here (values, paths, preset, model keys, hardware),
     before the runner builds a model or writes a file.
     """
+    from pdd.models.size import check_parameter_budget
     from pdd.training.loggers import check_logger
-    from pdd.training.options import FitOptions
+    from pdd.training.options import FitOptions, model_overrides
 
     if args.config is not None:
         existing_file(args.config, "config file")
@@ -272,8 +273,10 @@ def resolve_fit_options(args: argparse.Namespace) -> Any:
     check_hardware(values.get("accelerator", "auto"), values.get("precision", "32-true"))
     if values.get("teachers", "pretrained") == "pretrained":
         check_cache_dir()
-    prepare_output_folder(values["out"])
-    return FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
+    options = FitOptions(**values, model_overrides=overrides, progress=not args.no_progress)
+    check_parameter_budget(options.preset, model_overrides(options))
+    prepare_output_folder(options.out)
+    return options
 
 
 def _describe_batch(options: Any) -> str:

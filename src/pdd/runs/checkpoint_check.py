@@ -4,7 +4,7 @@ A forged or damaged checkpoint must end in a one-line ``CheckpointError`` naming
 an internal error or in allocating a model of absurd size. The stored values go through the same
 schema as a config file (``pdd.config.schema.StoredCheckpoint``); the stored config is resolved
 by building the model's skeleton on the ``meta`` device (shapes only, no memory, no weight files
-read), and the stored weights must have exactly the keys, shapes and dtypes of that skeleton.
+read; ``pdd.models.size`` also counts its parameters against the budget), and the stored weights must have exactly the keys, shapes and dtypes of that skeleton.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from pdd.config.messages import Subject, validate
 from pdd.config.schema import StoredCheckpoint
 from pdd.errors import CheckpointError, ConfigError, PDDError
+from pdd.models.size import check_parameter_budget
 
 __all__ = ["check_stored_values", "check_weights_fit"]
 
@@ -40,13 +41,9 @@ def check_stored_values(path: Path, payload: Mapping[str, Any]) -> None:
 def check_weights_fit(path: Path, config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> None:
     """Build the stored config on the meta device (its schema checks every key and bound) and
     compare the stored weights with the skeleton's, key by key."""
-    from pdd import create_model
-
-    # Random teachers: the skeleton needs their shapes, not their weight files.
-    plan = {**config, "teachers": "random", "teacher_weights": {}}
+    overrides = {key: value for key, value in config.items() if key != "preset"}
     try:
-        with torch.device("meta"):
-            skeleton = create_model(**plan)
+        skeleton = check_parameter_budget(str(config.get("preset")), overrides)
     except PDDError as exc:
         raise CheckpointError(f"{path}: stored configuration cannot be built: {exc}") from exc
     expected = skeleton.trainable_state_dict()
