@@ -119,8 +119,8 @@ def test_anomalib_entries_are_checked_when_the_suite_is_read(
     anomalib: ModuleType, phantoms: Path, tmp_path: Path
 ) -> None:
     cases = [
-        ("anomalib:NoSuchModel", r"presets\[0\]: anomalib:NoSuchModel: anomalib .* has no model "
-                                 r"'NoSuchModel' \(known: .*Padim"),
+        ("anomalib:NoSuchModel",
+         r"presets\[0\]: anomalib:NoSuchModel: anomalib .* has no model 'NoSuchModel' \(known: .*Padim"),
         ({"anomalib": "Padim", "args": {"backbon": "resnet18"}},
          r"presets\[0\]: anomalib:Padim: args.backbon: not an argument of anomalib's Padim"),
         ({"anomalib": "Padim", "args": {"post_processor": True}},
