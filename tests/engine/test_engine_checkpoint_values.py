@@ -102,6 +102,7 @@ def rd4ad_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"config/decoder_blocks": [100000, 1, 1]}, "config key 'decoder_blocks[0]': must be <= 16"),
         ({"config/bottleneck_blocks": 10**9}, "config key 'bottleneck_blocks': must be <= 16"),
         ({"config/sigma": 1.0e300}, "config key 'sigma': must be <= 256.0"),
+        ({"config/teacher_options": {"vmamba_tiny_v0": {"dims": 100000}}}, "config key 'teacher_options.vmamba_tiny_v0.dims': must be <= 4096"),
         ({"config/image_size": 8192}, "config key 'image_size': must be at most 1024"),
         ({"config/teacher_seed": 2**70}, "config key 'teacher_seed'"),
         ({"config/train": 5}, "config key 'train': must be a mapping"),
