@@ -17,6 +17,10 @@ from pdd.errors import ConfigError
 
 __all__ = ["config_to_yaml", "parse_yaml", "plain", "read_mapping", "read_yaml_file"]
 
+MAX_VALUES = 100_000
+"""Far more than any config or suite holds. YAML aliases make a file of a few lines expand to
+billions of values ("billion laughs") or to a cycle when the config is merged or validated."""
+
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error.
@@ -51,12 +55,31 @@ def parse_yaml(text: str, where: str) -> Any:
     """Parse YAML a user wrote; any problem (a duplicate key too) is one ``ConfigError`` naming
     ``where`` and the line."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python objects
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or type(exc).__name__
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise ConfigError(f"{where}: not valid YAML ({line}{problem})") from exc
+    _check_expanded_size(data, where)
+    return data
+
+
+def _check_expanded_size(data: Any, where: str) -> None:
+    """Count values as the aliases expand them, stopping at ``MAX_VALUES`` (cycles included)."""
+    pending, count = [data], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(
+                f"{where}: more than {MAX_VALUES} values once its aliases are expanded "
+                "(an alias bomb or an alias that contains itself?)"
+            )
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def read_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> Any:

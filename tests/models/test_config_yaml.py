@@ -1,0 +1,32 @@
+"""The strict YAML reader refuses what a hostile file could hide: an alias bomb ("billion
+laughs") or a self-referencing alias, which are cheap to parse but expand without end when the
+config is merged, copied or validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdd.config import parse_yaml, read_yaml_file
+from pdd.errors import ConfigError
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+)  # 10**9 strings once expanded
+
+
+def test_an_alias_bomb_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Kills: removing the expanded-size count in ``yaml_io.parse_yaml`` (the fit path then
+    spends hours expanding the aliases)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    with pytest.raises(ConfigError, match=rf"^{path}: more than 100000 values once its aliases are expanded"):
+        read_yaml_file(path)
+    with pytest.raises(ConfigError, match="once its aliases are expanded"):
+        parse_yaml("&a [*a]", "--set 'x=&a [*a]'")
+
+
+def test_ordinary_aliases_and_merge_keys_still_work() -> None:
+    text = "base: &base {lr: 0.001, epochs: 3}\ntrain:\n  <<: *base\n  epochs: 5\n"
+    assert parse_yaml(text, "x")["train"] == {"lr": 0.001, "epochs": 5}
