@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a grid of datasets x presets x seeds; writes results tables",
         description="Run every dataset x preset of a suite (each one `pdd fit` over the suite's "
         "seeds) and write DIR/results.csv, DIR/results.md and DIR/report.html. SUITE is a YAML "
-        "file or a built-in suite: paper, ablation (these need --data-root).",
+        "file or a built-in suite: paper, ablation (these need --data-root). A suite may list "
+        "anomalib's models beside our presets (anomalib:Patchcore, ...; the anomalib extra): "
+        "trained by anomalib on the same split, evaluated by the same code.",
     )
     parser.add_argument("--suite", required=True, help="suite YAML file, or paper / ablation")
     parser.add_argument("--out", type=user_path, required=True, help="benchmark folder to write")
