@@ -7,6 +7,7 @@ read here, so a duplicate key or a syntax error is reported the same way everywh
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from pdd.errors import ConfigError
 
 __all__ = ["config_to_yaml", "parse_yaml", "plain", "read_mapping", "read_yaml_file"]
 
+MAX_BYTES = 16 * 2**20
+"""Configs and suites are a few KB; a larger file is a mistake (or /dev/zero)."""
 MAX_VALUES = 100_000
 """Far more than any config or suite holds. YAML aliases make a file of a few lines expand to
 billions of values ("billion laughs") or to a cycle when the config is merged or validated."""
@@ -56,6 +59,8 @@ def parse_yaml(text: str, where: str) -> Any:
     ``where`` and the line."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no Python objects
+    except RecursionError:  # the composer recurses once per nesting level
+        raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or type(exc).__name__
@@ -86,6 +91,14 @@ def read_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> A
     """The shared reader of every YAML file users give us (presets, --config, suites)."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device would block or never end
+            raise ConfigError(f"{path}: cannot read {what} (not a regular file)")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ConfigError(
+                f"{path}: cannot read {what} ({size / 2**20:.1f} MiB; a YAML file of options "
+                f"is at most {MAX_BYTES // 2**20} MiB)"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
