@@ -87,6 +87,14 @@ def test_predict_and_detector_p_values_match_a_hand_computation(
     assert float(volume["p_value"]) == pytest.approx(2 / 3)
     assert volume["decision"] == "normal"  # the scan threshold (1e9), not the slice threshold
 
+    # The run's report shows the volume in the scan viewer, from frames at the model's input size.
+    (frames,) = (tmp_path / "out" / "viewer").glob("*.npz")
+    with np.load(frames) as saved:
+        assert str(saved["key"]) == str(inputs["volume"])
+        assert saved["images"].shape == saved["levels"].shape == (4, 32, 32)
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'class="pdd-scan"' in report and volume["p_value"] in report
+
     detector = Detector.load(ckpt)
     by_path = {row["path"]: row for row in rows}
     for png in sorted(inputs["root"].glob("*.png")):

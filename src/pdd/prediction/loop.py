@@ -226,7 +226,7 @@ class _Sink:
                 scan = plan.scans[item.scan]
                 score = float(scores[row])
                 if scan.is_volume:
-                    self._slice_done(index, maps[row], score)
+                    self._slice_done(index, maps[row], score, batch["image"][row])
                     continue
                 if scan.output and batch["original"][row] is not None:
                     from pdd.report.heatmap import save_overlay
@@ -249,7 +249,9 @@ class _Sink:
     def _slice_dir(self, number: int) -> Path:
         return self.work / "slices" / str(number)
 
-    def _slice_done(self, index: int, amap: np.ndarray | None, score: float | None) -> None:
+    def _slice_done(
+        self, index: int, amap: np.ndarray | None, score: float | None, image: torch.Tensor | None = None
+    ) -> None:
         plan = self.context.plan
         number = plan.items[index].scan
         if not plan.scans[number].is_volume:
@@ -260,7 +262,13 @@ class _Sink:
         if amap is None:
             np.savez(partial, score=np.array(np.nan))
         else:
-            np.savez(partial, score=np.array(score, dtype=np.float64), map=amap.astype(np.float32))
+            from pdd.data import to_display
+
+            assert image is not None  # the model input, kept small for the report's scan viewer
+            display = np.round(to_display(image).mean(axis=2) * 255).astype(np.uint8)
+            np.savez(
+                partial, score=np.array(score, dtype=np.float64), map=amap.astype(np.float32), display=display
+            )
         os.replace(partial, folder / f"{index}.npz")
         remaining = self.remaining.get(number)
         if remaining is not None:
@@ -276,14 +284,17 @@ class _Sink:
         folder = self._slice_dir(number)
         maps: list[np.ndarray | None] = []
         scores: list[float | None] = []
+        displays: list[np.ndarray | None] = []
         for index in range(scan.first, scan.first + scan.count):
             path = folder / f"{index}.npz"
             if not path.is_file():
                 maps.append(None)
                 scores.append(None)
+                displays.append(None)
                 continue
             with np.load(path) as saved:  # a skipped slice has no map (its score is only a marker)
                 maps.append(saved.get("map"))
+                displays.append(saved.get("display"))
                 scores.append(float(saved["score"]) if "map" in saved else None)
         scored = [s for s in scores if s is not None]
         if scored:
@@ -302,6 +313,7 @@ class _Sink:
                     )
             except (PDDError, OSError) as exc:
                 self._row(self.skipped, (scan.first, f"map not written: {exc}".replace("\n", " ")))
+            self._save_frames(number, maps, displays)
             for item, value in zip(items, scores):
                 if value is not None:
                     self._row(self.scores, (item.index, repr(value)))
@@ -311,6 +323,25 @@ class _Sink:
             self._row(self.volumes, (number, len(scored), repr(total), best))
             self.volumes.flush()
         shutil.rmtree(folder, ignore_errors=True)
+
+    def _save_frames(
+        self, number: int, maps: list[np.ndarray | None], displays: list[np.ndarray | None]
+    ) -> None:
+        """The scan's slices and maps at the model's input size, for the report's scan viewer
+        (none without a colour scale, as for overlays)."""
+        from pdd.report.scan_viewer import FRAMES_DIR, save_scan_frames
+
+        kept = [k for k, (m, d) in enumerate(zip(maps, displays)) if m is not None and d is not None]
+        if self.context.scale is None or not kept:
+            return
+        save_scan_frames(
+            self.out / FRAMES_DIR / f"{number:06d}.npz",
+            self.context.plan.scans[number].key,
+            kept,
+            [displays[k] / 255.0 for k in kept],  # type: ignore[operator]
+            [maps[k] for k in kept],  # type: ignore[misc]
+            self.context.scale,
+        )
 
     def close(self) -> None:
         for handle in (self.scores, self.volumes, self.skipped):

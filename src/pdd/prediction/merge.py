@@ -129,6 +129,10 @@ def merge_parts(context: RunContext, seconds: float) -> PredictResult:
         atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2) + "\n")
         raise DataError(f"none of the inputs could be read ({reasons})")
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2) + "\n")
+    # imported late: the report pulls in matplotlib
+    from pdd.report.predict_page import write_predict_report
+
+    write_predict_report(out)
     shutil.rmtree(work, ignore_errors=True)
     return result
 
