@@ -390,3 +390,36 @@ def test_fit_heatmap_names_stay_within_file_name_limits(tmp_path: Path) -> None:
     written = write_heatmaps(samples, extremes, {"vmin": 0.0, "vmax": 1.0}, tmp_path / "run")
     assert (tmp_path / "run" / written[0]).is_file()
     assert len(Path(written[0]).name.encode()) <= 255
+
+
+# --------------------------------------------------------------------------- 10. joint classes
+
+
+@pytest.mark.parametrize("removed", ["test", "test/lesion"], ids=["no-test-images", "no-anomalies"])
+def test_joint_fit_checks_every_class_test_set_before_training(
+    tmp_path: Path, removed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from pdd.data.synthetic import make_phantom_dataset
+    from pdd.errors import DataError
+    from pdd.training import runner
+
+    data = make_phantom_dataset(
+        tmp_path / "data", n_train=6, n_test_normal=2, n_test_abnormal=2, size=32, classes=["a", "b"]
+    )
+    shutil.rmtree(data / "b" / removed)
+    if removed.endswith("lesion"):
+        shutil.rmtree(data / "b" / "ground_truth")
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training started before the test sets were checked")
+
+    monkeypatch.setattr(runner, "build_trainer", no_training)
+    options = runner.FitOptions(
+        data=data, out=tmp_path / "run", preset="fake", teachers="random", accelerator="cpu",
+        progress=False, joint=True, epochs=1,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"class 'b'.* (no test images|no anomalous test images)") as err:
+        runner.fit(options)
+    assert "\n" not in str(err.value)

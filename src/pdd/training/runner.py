@@ -309,6 +309,25 @@ def _check_joint(options: FitOptions) -> None:
         )
 
 
+def _check_class_test_sets(options: FitOptions, split: Any) -> None:
+    """A joint model is evaluated on every class it learns: a class without normal or anomalous
+    test images has undefined metrics, found here before training rather than after it."""
+    classes = sorted({s.class_name or "" for s in (*split.train, *split.holdout, *split.test)})
+    for name in classes:
+        labels = {s.label for s in split.test if (s.class_name or "") == name}
+        missing = (
+            "no test images" if not labels
+            else "no anomalous test images" if 1 not in labels
+            else "no normal test images" if 0 not in labels
+            else None
+        )  # fmt: skip
+        if missing:
+            raise DataError(
+                f"{options.data}: class {name!r} has {missing}, so its metrics are undefined; "
+                "add them, or train the other classes without --joint"
+            )
+
+
 def _execute(options: FitOptions) -> Path:
     seeds, runs = options.seeds, _plan(options)
     results: dict[_SubRun, dict[str, Any] | None] = {
@@ -364,6 +383,8 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
             f"({len(split.train)} training normals); add normal images, pass a split file with a "
             "holdout, or train on all of them without a threshold (--holdout-fraction 0)"
         )
+    if options.joint:
+        _check_class_test_sets(options, split)
     if leader:
         _write_run_config(options, run, model.config, split)
 
