@@ -20,11 +20,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-__all__ = ["escape_cell", "escape_row", "unescape_cell", "unescape_mapping", "unescape_row"]
+__all__ = [
+    "escape_cell",
+    "escape_row",
+    "unescape_cell",
+    "unescape_mapping",
+    "unescape_row",
+]
 
 _QUOTE = "'"
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", _QUOTE)
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.I)
+_NUMBER = re.compile(
+    r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity|nan)",
+    re.IGNORECASE,
+)
 
 
 def escape_cell(value: object) -> object:
@@ -55,4 +64,6 @@ def unescape_row(cells: Iterable[str]) -> list[str]:
 def unescape_mapping(row: Mapping[str | None, object]) -> dict[str | None, object]:
     """:func:`unescape_cell` of every text value of a row read with ``csv.DictReader`` (a missing
     field's None and surplus fields' list are kept for the caller's own checks)."""
-    return {key: unescape_cell(v) if isinstance(v, str) else v for key, v in row.items()}
+    return {
+        key: unescape_cell(v) if isinstance(v, str) else v for key, v in row.items()
+    }

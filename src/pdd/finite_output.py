@@ -23,7 +23,9 @@ class NonFiniteOutput(CheckpointError):
     """The model gave a NaN or infinite score or map value for an input."""
 
 
-def check_finite(scores: object, maps: object, names: Sequence[str], model: str) -> None:
+def check_finite(
+    scores: object, maps: object, names: Sequence[str], model: str
+) -> None:
     """Raise ``NonFiniteOutput`` naming the first of ``names`` (one per batch row) whose score or
     map holds NaN or infinity; ``model`` names the checkpoint (or model) that produced them."""
     score_values = np.asarray(_numpy(scores), dtype=np.float64).reshape(len(names), -1)

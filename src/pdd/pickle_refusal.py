@@ -12,7 +12,12 @@ import pickle
 
 __all__ = ["refusal_reason"]
 
-_ADVICE_WORDS = ("weights_only", "documentation", "trusted source", "Weights only load failed")
+_ADVICE_WORDS = (
+    "weights_only",
+    "documentation",
+    "trusted source",
+    "Weights only load failed",
+)
 
 
 def refusal_reason(exc: pickle.UnpicklingError) -> str:

@@ -49,7 +49,9 @@ def _png(path: Path, seed: int = 0, size: int = 40) -> Path:
 @pytest.fixture(scope="module")
 def good_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("good") / "model.ckpt"
-    checkpoint.save(path, create_fake().eval(), threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0})
+    checkpoint.save(
+        path, create_fake().eval(), threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0}
+    )
     return path
 
 
@@ -65,7 +67,10 @@ def good_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("@SUM(1)", "'@SUM(1)"),
         ("\t=1", "'\t=1"),
         ("\r=1", "'\r=1"),
-        ("'quoted", "''quoted"),  # a leading quote is escaped too: the rule is reversible
+        (
+            "'quoted",
+            "''quoted",
+        ),  # a leading quote is escaped too: the rule is reversible
         ("-0.5", "-0.5"),  # numbers stay numbers
         ("+1e-3", "+1e-3"),
         ("-inf", "-inf"),
@@ -100,26 +105,40 @@ def test_split_manifest_round_trip(tmp_path: Path) -> None:
     from pdd.data.splits import read_manifest, write_manifest
 
     root = tmp_path / "data"
-    train = [Sample(str(_png(root / f"t{k}.png", k)), 0, "good", group=f"g{k}") for k in range(2)]
+    train = [
+        Sample(str(_png(root / f"t{k}.png", k)), 0, "good", group=f"g{k}")
+        for k in range(2)
+    ]
     holdout = [Sample(str(_png(root / "h.png", 5)), 0, "good", group="h")]
     test = [
         Sample(str(_png(root / FORMULA / "x.png", 7)), 1, FORMULA, group="+cmd1"),
         Sample(str(_png(root / "n.png", 8)), 0, "good", group="@n"),
     ]
-    write_manifest(tmp_path / "split.csv", {"train": train, "holdout": holdout, "test": test}, root)
+    write_manifest(
+        tmp_path / "split.csv", {"train": train, "holdout": holdout, "test": test}, root
+    )
     raw = _raw_rows(tmp_path / "split.csv")
     cells = [cell for row in raw for cell in row]
     assert "'" + FORMULA in cells and "'+cmd1" in cells and "'@n" in cells
     assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
     back = read_manifest(tmp_path / "split.csv", root)
-    assert [(s.kind, s.group) for s in back["test"]] == [(FORMULA, "+cmd1"), ("good", "@n")]
+    assert [(s.kind, s.group) for s in back["test"]] == [
+        (FORMULA, "+cmd1"),
+        ("good", "@n"),
+    ]
 
 
 def test_benchmark_results_csv_escapes_names() -> None:
     from pdd.benchmark.tables import ResultRow, results_csv
 
     row = ResultRow(
-        dataset=FORMULA, preset="pdd", over="-x", teachers="random", seeds=(0,), mean={"image_auroc": 0.5}, std={}
+        dataset=FORMULA,
+        preset="pdd",
+        over="-x",
+        teachers="random",
+        seeds=(0,),
+        mean={"image_auroc": 0.5},
+        std={},
     )
     line = list(csv.reader(results_csv([row]).splitlines()))[1]
     assert line[0] == "'" + FORMULA and line[2] == "'-x"
@@ -129,20 +148,29 @@ def test_predict_csvs_escape_patient_id_and_paths(
     tmp_path: Path, good_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(3)
-    slices = [np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)]
+    slices = [
+        np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)
+    ]
     write_series(tmp_path / "in" / "series", slices, patient_id=FORMULA[:60])
     _png(tmp_path / "in" / "+cmd.png")
     (tmp_path / "in" / "@bad.png").write_bytes(b"not a png")
     monkeypatch.chdir(tmp_path / "in")
-    predict(PredictOptions(checkpoint=good_ckpt, inputs=(Path("."),), out=tmp_path / "out"))
+    predict(
+        PredictOptions(checkpoint=good_ckpt, inputs=(Path("."),), out=tmp_path / "out")
+    )
     volumes = _raw_rows(tmp_path / "out" / "volumes.csv")
     assert volumes[1][2] == "'" + FORMULA[:60]
     for name in ("scores.csv", "volumes.csv", "skipped.csv"):
         for row in _raw_rows(tmp_path / "out" / name)[1:]:
             for cell in row:
                 assert not cell.startswith(("=", "+", "@", "\t", "\r")), (name, cell)
-                assert not cell.startswith("-") or cell.lstrip("-").replace(".", "").replace("e", "").isdigit()
-    skipped = [unescape_cell(row[0]) for row in _raw_rows(tmp_path / "out" / "skipped.csv")[1:]]
+                assert (
+                    not cell.startswith("-")
+                    or cell.lstrip("-").replace(".", "").replace("e", "").isdigit()
+                )
+    skipped = [
+        unescape_cell(row[0]) for row in _raw_rows(tmp_path / "out" / "skipped.csv")[1:]
+    ]
     assert any(Path(p).name == "@bad.png" for p in skipped)
 
 
@@ -159,17 +187,25 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("loader", ["released", "ours"])
-def test_unsafe_pickle_refusal_never_advises_weights_only_false(tmp_path: Path, loader: str) -> None:
+def test_unsafe_pickle_refusal_never_advises_weights_only_false(
+    tmp_path: Path, loader: str
+) -> None:
     from pdd.errors import CheckpointError
     from pdd.models.released import read_released
 
     path = tmp_path / "evil.pth"
-    payload = {"decoder": {"x": _RunsCode()}} if loader == "released" else {"format": "pdd-model", "x": _RunsCode()}
+    payload = (
+        {"decoder": {"x": _RunsCode()}}
+        if loader == "released"
+        else {"format": "pdd-model", "x": _RunsCode()}
+    )
     torch.save(payload, path)
     with pytest.raises(CheckpointError) as err:
         read_released(path) if loader == "released" else checkpoint.load(path)
     message = str(err.value)
-    assert "\n" not in message and "weights_only" not in message and "False" not in message
+    assert (
+        "\n" not in message and "weights_only" not in message and "False" not in message
+    )
     assert "system" in message  # what was refused is still named
 
 
@@ -185,14 +221,19 @@ def _nan_ckpt(folder: Path, **meta: object) -> Path:
     return checkpoint.save(folder / "nan.ckpt", model, **meta)
 
 
-def test_detector_refuses_nan_output_naming_input_and_checkpoint(tmp_path: Path) -> None:
+def test_detector_refuses_nan_output_naming_input_and_checkpoint(
+    tmp_path: Path,
+) -> None:
     from pdd import Detector
     from pdd.finite_output import NonFiniteOutput
 
     ckpt = _nan_ckpt(tmp_path)
     image = _png(tmp_path / "scan.png")
     detector = Detector.load(ckpt)
-    with pytest.raises(NonFiniteOutput, match=r"scan\.png: .*NaN or infinite with checkpoint .*nan\.ckpt"):
+    with pytest.raises(
+        NonFiniteOutput,
+        match=r"scan\.png: .*NaN or infinite with checkpoint .*nan\.ckpt",
+    ):
         detector.predict(image)
     with pytest.raises(NonFiniteOutput, match="^input 0: "):
         detector.predict([np.zeros((8, 8)), np.ones((8, 8))])
@@ -201,31 +242,52 @@ def test_detector_refuses_nan_output_naming_input_and_checkpoint(tmp_path: Path)
 # --------------------------------------------------------------------------- 4, Also: Detector
 
 
-def test_detector_scales_overflowing_float_ranges_like_their_reduced_copy(good_ckpt: Path) -> None:
+def test_detector_scales_overflowing_float_ranges_like_their_reduced_copy(
+    good_ckpt: Path,
+) -> None:
     from pdd import Detector
 
     phantom = make_phantom(np.random.default_rng(4), 32)[0].astype(np.float64)
-    pattern = (phantom - phantom.min()) / (phantom.max() - phantom.min()) * 2 - 1  # spans [-1, 1]
+    pattern = (phantom - phantom.min()) / (
+        phantom.max() - phantom.min()
+    ) * 2 - 1  # spans [-1, 1]
     detector = Detector.load(good_ckpt)
     expected = detector.predict(pattern)
     huge = detector.predict(pattern * 1e308)  # finite, but max - min overflows float64
-    assert np.isfinite(huge.score) and huge.score == pytest.approx(expected.score, rel=1e-5)
-    np.testing.assert_allclose(huge.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-6)
+    assert np.isfinite(huge.score) and huge.score == pytest.approx(
+        expected.score, rel=1e-5
+    )
+    np.testing.assert_allclose(
+        huge.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-6
+    )
     if np.finfo(np.longdouble).max > 1e400:
-        beyond = detector.predict(pattern.astype(np.longdouble) * np.longdouble("1e400"))
+        beyond = detector.predict(
+            pattern.astype(np.longdouble) * np.longdouble("1e400")
+        )
         assert beyond.score == pytest.approx(expected.score, rel=1e-5)
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda d: d.predict(np.zeros((8, 8)), batch_size=0), "batch_size: expected a whole number >= 1, got 0"),
-        (lambda d: d.predict([np.zeros((8, 8))], batch_size=2.5), "batch_size: expected a whole number >= 1"),
-        (lambda d: d.predict(None), "expected a NumPy array, a file path or a list of them, got NoneType"),
+        (
+            lambda d: d.predict(np.zeros((8, 8)), batch_size=0),
+            "batch_size: expected a whole number >= 1, got 0",
+        ),
+        (
+            lambda d: d.predict([np.zeros((8, 8))], batch_size=2.5),
+            "batch_size: expected a whole number >= 1",
+        ),
+        (
+            lambda d: d.predict(None),
+            "expected a NumPy array, a file path or a list of them, got NoneType",
+        ),
         (lambda d: d.predict(3), "got int"),
     ],
 )
-def test_detector_bad_arguments_are_one_line_errors(good_ckpt: Path, call, message: str) -> None:
+def test_detector_bad_arguments_are_one_line_errors(
+    good_ckpt: Path, call, message: str
+) -> None:
     from pdd import Detector
 
     with pytest.raises(PDDError, match=message) as err:
@@ -242,18 +304,36 @@ def test_detector_unknown_device_is_a_one_line_error(good_ckpt: Path) -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("colour_scale", [False, True], ids=["no-threshold", "with-colour-scale"])
+@pytest.mark.parametrize(
+    "colour_scale", [False, True], ids=["no-threshold", "with-colour-scale"]
+)
 def test_predict_with_a_nan_model_fails_naming_input_and_checkpoint(
     tmp_path: Path, colour_scale: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    meta = {"threshold": 0.5, "map_stats": {"vmin": 0.0, "vmax": 1.0}} if colour_scale else {}
+    meta = (
+        {"threshold": 0.5, "map_stats": {"vmin": 0.0, "vmax": 1.0}}
+        if colour_scale
+        else {}
+    )
     ckpt = _nan_ckpt(tmp_path / "ckpt", **meta)
     inputs = tmp_path / "in"
-    volume = np.stack([make_phantom(np.random.default_rng(k), 32)[0] for k in range(3)], axis=2)
+    volume = np.stack(
+        [make_phantom(np.random.default_rng(k), 32)[0] for k in range(3)], axis=2
+    )
     write_nifti(inputs / "a_volume.nii.gz", volume.astype(np.float32))
     _png(inputs / "b_image.png")
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", str(inputs)])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--no-progress",
+            str(inputs),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err, err
     assert str(ckpt) in err and ("a_volume.nii.gz#" in err or "b_image.png" in err), err
@@ -271,8 +351,16 @@ def test_pdd_test_with_a_nan_checkpoint_fails_naming_image_and_checkpoint(
     from pdd.training.runner import test
 
     ckpt = _nan_ckpt(tmp_path, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0})
-    with pytest.raises(NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with checkpoint {ckpt}"):
-        test(ckpt, phantoms, tmp_path / "out", devices=Devices(accelerator="cpu"), progress=False)
+    with pytest.raises(
+        NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with checkpoint {ckpt}"
+    ):
+        test(
+            ckpt,
+            phantoms,
+            tmp_path / "out",
+            devices=Devices(accelerator="cpu"),
+            progress=False,
+        )
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -293,9 +381,17 @@ def test_fit_whose_model_outputs_nan_fails_naming_image_and_run(
     monkeypatch.setattr(engine_fakes.FakeModel, "forward", diverged)
     out = tmp_path / "run"
     options = FitOptions(
-        data=phantoms, out=out, preset="fake", teachers="random", accelerator="cpu", progress=False, epochs=1
+        data=phantoms,
+        out=out,
+        preset="fake",
+        teachers="random",
+        accelerator="cpu",
+        progress=False,
+        epochs=1,
     )
-    with pytest.raises(NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with the model trained in {out}"):
+    with pytest.raises(
+        NonFiniteOutput, match=rf"{phantoms}/.*\.png: .*with the model trained in {out}"
+    ):
         fit(options)
     assert not (out / "metrics.json").exists()
 
@@ -315,19 +411,26 @@ def test_second_predict_on_a_locked_folder_is_refused_naming_the_holder(
     image = _png(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     options = PredictOptions(checkpoint=good_ckpt, inputs=(image,), out=out)
-    with run_lock(out):  # another pdd predict is writing this folder
-        with pytest.raises(ConfigError, match=rf"{out}: another pdd run \(pid {os.getpid()}\)"):
-            predict(options)
+    holder = rf"{out}: another pdd run \(pid {os.getpid()}\)"
+    with (
+        run_lock(out),
+        pytest.raises(ConfigError, match=holder),
+    ):  # another predict is writing
+        predict(options)
     assert [p.name for p in out.iterdir()] == []  # the refused run wrote nothing
     predict(options)
     record = (out / "predict.json").read_text()
     with run_lock(out):
-        with pytest.raises(ConfigError, match=rf"another pdd run \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            ConfigError, match=rf"another pdd run \(pid {os.getpid()}\)"
+        ):
             resume(out)
         assert main(["predict", "--resume", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"pid {os.getpid()}" in err
-    assert (out / "predict.json").read_text() == record  # nothing the holder wrote was touched
+    assert (
+        out / "predict.json"
+    ).read_text() == record  # nothing the holder wrote was touched
     assert not (out / ".pdd.lock").exists()
 
 
@@ -341,7 +444,12 @@ def test_plan_output_names_are_unique_by_construction() -> None:
 
     def scan(key: str, kind: str, n: int = 1) -> Scan:
         path = key if kind != "dicom" else f"/s/{len(key)}.dcm"
-        return Scan(key, kind, [Sample(path, 0, "", slice_index=k) for k in range(n)], geometry=True)
+        return Scan(
+            key,
+            kind,
+            [Sample(path, 0, "", slice_index=k) for k in range(n)],
+            geometry=True,
+        )
 
     scans = [
         scan("1.2.999.1", "dicom"), scan("1.2.999.1.", "dicom"), scan("...", "dicom"), scan("", "dicom"),
@@ -350,7 +458,9 @@ def test_plan_output_names_are_unique_by_construction() -> None:
     ]  # fmt: skip
     outputs = [entry.output for entry in Plan.build(scans, overlays=True).scans]
     assert len({name.lower() for name in outputs}) == len(outputs), outputs
-    assert all(name not in ("dicom/", "dicom//") and "//" not in name for name in outputs), outputs
+    assert all(
+        name not in ("dicom/", "dicom//") and "//" not in name for name in outputs
+    ), outputs
 
 
 def test_series_uids_differing_by_a_trailing_dot_get_their_own_folders(
@@ -361,8 +471,12 @@ def test_series_uids_differing_by_a_trailing_dot_get_their_own_folders(
     rng = np.random.default_rng(5)
     uids = ["1.2.999.1", "1.2.999.1."]
     for number, uid in enumerate(uids):
-        slices = [np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)]
-        write_series(tmp_path / "in" / f"s{number}", slices, series_uid=uid, seed=number)
+        slices = [
+            np.round(make_phantom(rng, 32)[0] * 1000).astype(np.int16) for _ in range(2)
+        ]
+        write_series(
+            tmp_path / "in" / f"s{number}", slices, series_uid=uid, seed=number
+        )
     out = tmp_path / "out"
     predict(PredictOptions(checkpoint=good_ckpt, inputs=(tmp_path / "in",), out=out))
     with (out / "volumes.csv").open(newline="", encoding="utf-8") as handle:
@@ -370,10 +484,15 @@ def test_series_uids_differing_by_a_trailing_dot_get_their_own_folders(
     assert sorted(row["scan"] for row in volumes) == sorted(uids)
     folders = [row["map"] for row in volumes]
     assert len(set(folders)) == 2, folders
-    for row in volumes:  # each folder holds its own series' two derived slices, nothing else
+    for (
+        row
+    ) in volumes:  # each folder holds its own series' two derived slices, nothing else
         files = sorted((out / row["map"]).glob("*.dcm"))
         assert len(files) == 2, (row, files)
-        sources = {pydicom.dcmread(f).SourceImageSequence[0].ReferencedSOPInstanceUID for f in files}
+        sources = {
+            pydicom.dcmread(f).SourceImageSequence[0].ReferencedSOPInstanceUID
+            for f in files
+        }
         own = {pydicom.dcmread(f).SOPInstanceUID for f in (tmp_path / "in").rglob("*.dcm")
                if pydicom.dcmread(f).SeriesInstanceUID == row["scan"]}  # fmt: skip
         assert sources == own
@@ -383,11 +502,16 @@ def test_fit_heatmap_names_stay_within_file_name_limits(tmp_path: Path) -> None:
     from pdd.data.sample import Sample
     from pdd.evaluation.evaluate import write_heatmaps
 
-    kind, stem = "k" * 200, "p" * 200  # each a legal folder / file name, together too long
+    kind, stem = (
+        "k" * 200,
+        "p" * 200,
+    )  # each a legal folder / file name, together too long
     path = _png(tmp_path / kind / f"{stem}.png")
     samples = [Sample(str(path), 1, kind)]
     extremes = {0: (np.zeros((32, 32, 3), np.float32), np.zeros((32, 32), np.float32))}
-    written = write_heatmaps(samples, extremes, {"vmin": 0.0, "vmax": 1.0}, tmp_path / "run")
+    written = write_heatmaps(
+        samples, extremes, {"vmin": 0.0, "vmax": 1.0}, tmp_path / "run"
+    )
     assert (tmp_path / "run" / written[0]).is_file()
     assert len(Path(written[0]).name.encode()) <= 255
 
@@ -395,7 +519,9 @@ def test_fit_heatmap_names_stay_within_file_name_limits(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- 10. joint classes
 
 
-@pytest.mark.parametrize("removed", ["test", "test/lesion"], ids=["no-test-images", "no-anomalies"])
+@pytest.mark.parametrize(
+    "removed", ["test", "test/lesion"], ids=["no-test-images", "no-anomalies"]
+)
 def test_joint_fit_checks_every_class_test_set_before_training(
     tmp_path: Path, removed: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -406,7 +532,12 @@ def test_joint_fit_checks_every_class_test_set_before_training(
     from pdd.training import runner
 
     data = make_phantom_dataset(
-        tmp_path / "data", n_train=6, n_test_normal=2, n_test_abnormal=2, size=32, classes=["a", "b"]
+        tmp_path / "data",
+        n_train=6,
+        n_test_normal=2,
+        n_test_abnormal=2,
+        size=32,
+        classes=["a", "b"],
     )
     shutil.rmtree(data / "b" / removed)
     if removed.endswith("lesion"):
@@ -420,6 +551,8 @@ def test_joint_fit_checks_every_class_test_set_before_training(
         data=data, out=tmp_path / "run", preset="fake", teachers="random", accelerator="cpu",
         progress=False, joint=True, epochs=1,
     )  # fmt: skip
-    with pytest.raises(DataError, match=r"class 'b'.* (no test images|no anomalous test images)") as err:
+    with pytest.raises(
+        DataError, match=r"class 'b'.* (no test images|no anomalous test images)"
+    ) as err:
         runner.fit(options)
     assert "\n" not in str(err.value)
