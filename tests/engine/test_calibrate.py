@@ -17,7 +17,7 @@ from PIL import Image
 from pdd import Detector
 from pdd.cli import main
 from pdd.data.synthetic import make_phantom, make_phantom_dataset, write_nifti
-from pdd.prediction.rules import scan_score
+from pdd.evaluation.scan_rule import scan_score
 from pdd.runs import checkpoint
 from pdd.training.runner import FitOptions, fit
 

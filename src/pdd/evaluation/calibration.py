@@ -29,8 +29,8 @@ from pdd.data.scans import group_scans
 from pdd.errors import ConfigError, DataError
 from pdd.evaluation import metrics
 from pdd.evaluation.evaluate import colour_scale
+from pdd.evaluation.scan_rule import DEFAULT_SCAN_RULE, scan_score
 from pdd.evaluation.scoring import Scorer
-from pdd.prediction.rules import DEFAULT_SCAN_RULE, scan_score
 from pdd.runs import checkpoint
 
 __all__ = ["SiteCalibration", "calibrate_site", "path_digest"]

@@ -18,9 +18,9 @@ from pdd.data import DatasetSplit, Sample
 from pdd.errors import DataError
 from pdd.evaluation import metrics
 from pdd.evaluation.aggregate import mean_over
+from pdd.evaluation.scan_rule import DEFAULT_SCAN_RULE, scan_score
 from pdd.evaluation.scoring import Scored, Scorer
 from pdd.evaluation.scoring_loop import LightningScorer
-from pdd.prediction.rules import DEFAULT_SCAN_RULE, scan_score
 from pdd.report.heatmap import save_overlay
 from pdd.runs.folder import write_scores
 

@@ -1,5 +1,6 @@
-"""How a predict run turns scores into answers: the scan score rule, the checkpoint's stored
-threshold and colour scale, and the per-score decision.
+"""How a predict run turns scores into answers: the scan score rule (defined in
+``pdd.evaluation.scan_rule``), the checkpoint's stored threshold, colour scale and normal scores
+(p-values), and the per-score decision.
 
 Kept apart from the run machinery so that in-process scoring (``pdd.api``) and benchmarks use the
 very same rules without Lightning.
@@ -7,13 +8,13 @@ very same rules without Lightning.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from pdd.errors import CheckpointError, ConfigError
+from pdd.errors import CheckpointError
+from pdd.evaluation.scan_rule import DEFAULT_SCAN_RULE, parse_scan_rule, scan_score
 
 __all__ = [
     "ANOMALOUS",
@@ -30,27 +31,6 @@ __all__ = [
 
 ANOMALOUS = "anomalous"
 NORMAL = "normal"
-DEFAULT_SCAN_RULE = "mean-top-3"
-"""Scan score = mean of the 3 highest slice scores: on phantom volumes it ranked scans at least as
-well as ``max`` for lesions over 1, 3 and 6 slices (benchmarks/README.md, "scan score rule")."""
-_RULE = re.compile(r"^(max|mean-top-([1-9][0-9]*))$")
-
-
-def parse_scan_rule(text: str) -> int | None:
-    """``max`` -> None; ``mean-top-K`` -> K. Anything else is a ConfigError."""
-    match = _RULE.match(text)
-    if match is None:
-        raise ConfigError(f"--scan-score: expected max or mean-top-K (e.g. mean-top-3), got {text!r}")
-    return None if match.group(2) is None else int(match.group(2))
-
-
-def scan_score(scores: Sequence[float], rule: str) -> float:
-    """One score for a scan: its highest slice score (``max``) or the mean of its K highest."""
-    top = parse_scan_rule(rule)
-    values = sorted((float(s) for s in scores), reverse=True)
-    if not values:
-        raise ValueError("a scan needs at least one slice score")
-    return values[0] if top is None else float(np.mean(values[:top]))
 
 
 def stored_statistics(meta: Mapping[str, Any]) -> tuple[float | None, tuple[float, float] | None]:
