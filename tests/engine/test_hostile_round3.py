@@ -98,6 +98,10 @@ def test_scores_csv_round_trip(tmp_path: Path) -> None:
     assert raw == ["a.png", "1", "-0.25", "'" + FORMULA, "'+cmd1", "''h.png"]
     back = read_scores(tmp_path / "scores.csv")
     assert [{key: row[key] for key in rows[0]} for row in back] == rows
+    from pdd.report.run_files import read_scores as report_reads
+
+    shown = report_reads(tmp_path / "scores.csv")[0]
+    assert (shown.kind, shown.class_name, shown.heatmap) == (FORMULA, "+cmd1", "'h.png")
 
 
 def test_split_manifest_round_trip(tmp_path: Path) -> None:

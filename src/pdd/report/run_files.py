@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pdd.csv_cells import unescape_mapping
 from pdd.errors import PDDError
 from pdd.fileio import TEXT_ERRORS
 
@@ -99,7 +100,8 @@ def read_scores(path: str | os.PathLike[str]) -> list[ScoreRow]:
         missing = {"path", "label", "score"} - set(reader.fieldnames or [])
         if missing:
             raise PDDError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        return [_parse_row(path, reader.line_num, row) for row in reader]
+        # Text cells were escaped against spreadsheet formulas when written (pdd.csv_cells).
+        return [_parse_row(path, reader.line_num, unescape_mapping(row)) for row in reader]
     except (OSError, csv.Error) as exc:
         raise PDDError(f"{path}: unreadable scores file: {exc}") from exc
 
