@@ -2,6 +2,12 @@
 
 A model owns its frozen teachers (under ``teachers.*``) and its trainable parts (everything else).
 ``forward`` is inference (smoothed anomaly maps and image scores), ``loss`` is training.
+
+Training splits in two so the frozen teachers' work can be done once per image and reused
+(``pdd.training.feature_cache``): ``teacher_features(images)`` returns only the teacher levels the
+model reads (``teacher_levels()``), named ``"<teacher>.<level>"``; ``loss_from_features`` is the rest
+of the loss. ``loss(images)`` is exactly the two in a row, so precomputed features of the same images
+give the same loss.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from pdd import teachers as teacher_registry
 from pdd.errors import CheckpointError
 from pdd.models.anomaly_map import AnomalyMap
 
-__all__ = ["AnomalyModel", "build_teachers"]
+__all__ = ["AnomalyModel", "TeacherFeatures", "build_teachers", "feature_name"]
+
+TeacherFeatures = dict[str, Tensor]
+"""Frozen teacher outputs of a batch, ``"<teacher>.<level>"`` (level from 1) -> [B, C, H, W]."""
+
+
+def feature_name(teacher: str, level: int) -> str:
+    """The ``TeacherFeatures`` key of one teacher level (levels count from 1)."""
+    return f"{teacher}.{level}"
 
 _TEACHER_PREFIX = "teachers."
 # Relative tolerance when comparing random teachers' fingerprints (float64 sums of float32 values).
@@ -63,8 +77,20 @@ class AnomalyModel(nn.Module, ABC):
         """(student feature, target feature) pairs whose disagreement is the anomaly map."""
 
     @abstractmethod
+    def teacher_levels(self) -> dict[str, tuple[int, ...]]:
+        """Per teacher, the levels (from 1) this model reads: all that training needs of them."""
+
+    @abstractmethod
+    def teacher_features(self, images: Tensor) -> TeacherFeatures:
+        """The frozen teachers' outputs at ``teacher_levels()``: the same for an image every epoch."""
+
+    @abstractmethod
+    def loss_from_features(self, features: TeacherFeatures) -> dict[str, Tensor]:
+        """The training loss given ``teacher_features`` of the batch (see ``loss``)."""
+
     def loss(self, images: Tensor) -> dict[str, Tensor]:
         """Training loss: ``"loss"`` is the total, the other keys are its terms (for logging)."""
+        return self.loss_from_features(self.teacher_features(images))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, S, S] (normalised) -> smoothed anomaly maps [B, S, S], image scores [B]."""

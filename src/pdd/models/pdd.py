@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pdd.models import losses
-from pdd.models.base import AnomalyModel
+from pdd.models.base import AnomalyModel, TeacherFeatures, feature_name
 from pdd.models.blocks import Adapter, DecoderStage, channels_last, init_as_released
 
 __all__ = ["CNN_TEACHER", "PDD", "SSM_TEACHER", "ManifoldPrior", "Student"]
@@ -112,12 +112,30 @@ class PDD(AnomalyModel):
                 init_as_released(part)
                 channels_last(part)
 
+    def teacher_levels(self) -> dict[str, tuple[int, ...]]:
+        """All four CNN levels; VMamba's four with InA, only z4 (for the MMU) without."""
+        levels = {CNN_TEACHER: (1, 2, 3, 4)}
+        if self.mmu is not None:
+            levels[SSM_TEACHER] = (1, 2, 3, 4) if self.ina is not None else (4,)
+        return levels
+
+    def teacher_features(self, images: Tensor) -> TeacherFeatures:
+        features: TeacherFeatures = {}
+        for name, levels in self.teacher_levels().items():
+            outputs = self.teachers[name](images)
+            features.update({feature_name(name, level): outputs[level - 1] for level in levels})
+        return features
+
     def targets(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
         """Distillation targets [f1, f2, f3] and the unified manifold u."""
-        y = self.teachers[CNN_TEACHER](images)
+        return self.targets_from_features(self.teacher_features(images))
+
+    def targets_from_features(self, features: TeacherFeatures) -> tuple[list[Tensor], Tensor]:
+        """``targets`` from the teachers' outputs (``teacher_features``)."""
+        y = [features[feature_name(CNN_TEACHER, level)] for level in (1, 2, 3, 4)]
         if self.mmu is None:
             return list(y[:3]), y[3]
-        z = self.teachers[SSM_TEACHER](images)
+        z4 = features[feature_name(SSM_TEACHER, 4)]
         if self.ina is None:
             f = list(y[:3])
         else:
@@ -125,14 +143,14 @@ class PDD(AnomalyModel):
             f = [
                 y[i]
                 + F.interpolate(
-                    adapter(z[i]),
+                    adapter(features[feature_name(SSM_TEACHER, i + 1)]),
                     size=y[i].shape[-2:],
                     mode="bilinear",
                     align_corners=True,
                 )
                 for i, adapter in enumerate(self.ina)
             ]
-        return f, y[3] + self.mmu(z[3])
+        return f, y[3] + self.mmu(z4)
 
     def student_features(
         self, u: Tensor, targets: Sequence[Tensor]
@@ -158,9 +176,9 @@ class PDD(AnomalyModel):
             for s, t in zip(student, f)
         ]
 
-    def loss(self, images: Tensor) -> dict[str, Tensor]:
+    def loss_from_features(self, features: TeacherFeatures) -> dict[str, Tensor]:
         weights = self.config["loss"]
-        f, u = self.targets(images)
+        f, u = self.targets_from_features(features)
         students = self.student_features(u, f)
         # The prior-fed student (the only one when num_students is 1) is trained with L_s2.
         s2 = losses.student2_loss(

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pdd.conv_backend import gemm_convolutions, prefers_gemm
 from pdd.models import losses
-from pdd.models.base import AnomalyModel
+from pdd.models.base import AnomalyModel, TeacherFeatures, feature_name
 from pdd.models.blocks import (
     Bottleneck,
     DecoderStage,
@@ -82,10 +82,17 @@ class RD4AD(AnomalyModel):
             init_as_released(part)
             channels_last(part)
 
-    def _features(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Teacher targets [y1, y2, y3] and the decoder's reconstructions, shallow first."""
+    def teacher_levels(self) -> dict[str, tuple[int, ...]]:
+        return {TEACHER: (1, 2, 3)}
+
+    def teacher_features(self, images: Tensor) -> TeacherFeatures:
         # RD4AD never reads layer4: the backbone stops after layer3 (a third of its time).
         targets = self.teachers[TEACHER].backbone(images, levels=3)
+        return {feature_name(TEACHER, i + 1): y for i, y in enumerate(targets)}
+
+    def _features(self, features: TeacherFeatures) -> tuple[list[Tensor], list[Tensor]]:
+        """Teacher targets [y1, y2, y3] and the decoder's reconstructions, shallow first."""
+        targets = [features[feature_name(TEACHER, level)] for level in (1, 2, 3)]
         x = self.bottleneck(targets)
         outputs = []
         for stage in self.decoder:
@@ -94,9 +101,9 @@ class RD4AD(AnomalyModel):
         return targets, outputs[::-1]
 
     def feature_pairs(self, images: Tensor) -> list[tuple[Tensor, Tensor]]:
-        targets, students = self._features(images)
+        targets, students = self._features(self.teacher_features(images))
         return list(zip(students, targets))
 
-    def loss(self, images: Tensor) -> dict[str, Tensor]:
-        targets, students = self._features(images)
+    def loss_from_features(self, features: TeacherFeatures) -> dict[str, Tensor]:
+        targets, students = self._features(features)
         return {"loss": losses.rd4ad_loss(students, targets)}
