@@ -205,8 +205,9 @@ def read_scores(run_dir: Path) -> list[dict[str, str]]:
 
 
 def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics minus wall-clock times (the only values two identical runs may differ in)."""
-    result = {k: v for k, v in metrics.items() if k != "timing"}
+    """Metrics minus wall-clock times and the teacher-feature cache's hit counts (the only values
+    two identical runs may differ in: they depend on what ran before in the process)."""
+    result = {k: v for k, v in metrics.items() if k not in ("timing", "feature_cache")}
     if "runs" in result:
         result["runs"] = {
             name: without_timing(run) for name, run in result["runs"].items()

@@ -2,7 +2,9 @@
 
 The model (a plain ``nn.Module``, see ``pdd.models``) owns the method; this wrapper only adds what
 Lightning needs to train it. Its state is the model's *trainable* state: frozen teachers are rebuilt
-from their identity, so they are kept out of every training-state checkpoint.
+from their identity, so they are kept out of every training-state checkpoint. With a
+``FeatureCache`` the teachers' features of a batch come from it (``model.loss_from_features``), which
+gives the same loss as ``model.loss``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from pdd.errors import ConfigError
+from pdd.training.feature_cache import FeatureCache
 
 __all__ = ["AnomalyModule", "build_optimizer"]
 
@@ -61,9 +64,10 @@ class AnomalyModule(L.LightningModule):
     training-state checkpoints so a resumed run reports the same curve as an uninterrupted one).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, feature_cache: FeatureCache | None = None) -> None:
         super().__init__()
         self.model = model
+        self.feature_cache = feature_cache
         self.history: list[dict[str, float]] = []
         self._sums: dict[
             str, float
@@ -101,7 +105,11 @@ class AnomalyModule(L.LightningModule):
             # Resumed from a state saved after an epoch's last batch, before its end hook ran.
             self._close_epoch()
         images = batch["image"]
-        terms = self.model.loss(images)
+        if self.feature_cache is None:
+            terms = self.model.loss(images)
+        else:
+            features = self.feature_cache.features(self.model, images, batch["pixels_key"])
+            terms = self.model.loss_from_features(features)
         size = int(images.shape[0])
         detached = {name: value.detach() for name, value in terms.items()}
         self.log_dict(

@@ -24,10 +24,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pdd.data import ImageDataset, Sample
 from pdd.fileio import atomic_torch_save
+from pdd.training.feature_cache import pixels_key
 from pdd.training.options import FitOptions
 
 __all__ = [
@@ -194,12 +195,27 @@ class _GlobalBatches(Sampler[list[int]]):
             yield chunk[self.rank * part : (self.rank + 1) * part]
 
 
+class _PixelKeyed(Dataset):
+    """``ImageDataset`` samples plus ``pixels_key``: the hash of the preprocessed pixels that the
+    teacher-feature cache looks features up by (hashed in the loader's workers)."""
+
+    def __init__(self, images: ImageDataset) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.images[index]
+        return {**item, "pixels_key": pixels_key(item["image"])}
+
+
 class _ResumableLoader(DataLoader):
     """A DataLoader Lightning can checkpoint mid-epoch (``state_dict``): it records how many batches
     of which epoch were handed out, so a restart continues with the next batch, not the first."""
 
     def __init__(
-        self, dataset: ImageDataset, batches: _GlobalBatches, num_workers: int
+        self, dataset: Dataset, batches: _GlobalBatches, num_workers: int
     ) -> None:
         super().__init__(
             dataset,
@@ -239,7 +255,11 @@ class _ResumableLoader(DataLoader):
 
 
 class TrainData(L.LightningDataModule):
-    """The training normals, in the seeded resumable order of ``_GlobalBatches``."""
+    """The training normals, in the seeded resumable order of ``_GlobalBatches``.
+
+    With ``pixel_keys`` each batch also carries ``pixels_key`` (one hash per image) for the
+    teacher-feature cache.
+    """
 
     def __init__(
         self,
@@ -248,6 +268,8 @@ class TrainData(L.LightningDataModule):
         batch_size: int,
         seed: int,
         num_workers: int,
+        *,
+        pixel_keys: bool = False,
     ) -> None:
         super().__init__()
         self.samples = list(samples)
@@ -255,6 +277,7 @@ class TrainData(L.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self.pixel_keys = pixel_keys
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -265,6 +288,6 @@ class TrainData(L.LightningDataModule):
             trainer.global_rank,
             trainer.world_size,
         )
-        return _ResumableLoader(
-            ImageDataset(self.samples, self.image_size), batches, self.num_workers
-        )
+        images = ImageDataset(self.samples, self.image_size)
+        dataset: Dataset = _PixelKeyed(images) if self.pixel_keys else images
+        return _ResumableLoader(dataset, batches, self.num_workers)
