@@ -155,3 +155,17 @@ def test_calibrate_refuses_to_overwrite_its_checkpoint(
     ])
     assert status == 1 and "write a new file" in capsys.readouterr().err
     assert site_a_model.read_bytes() == original
+
+
+def test_calibrate_refuses_images_mixed_with_scans(
+    tmp_path: Path, site_a_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _site_b(tmp_path / "mixed", 2, seed=2)
+    stack = np.stack([make_phantom(np.random.default_rng(0), 32)[0] for _ in range(3)], axis=2)
+    write_nifti(tmp_path / "mixed" / "v.nii.gz", stack.astype(np.float32), np.eye(4))
+    status = main([
+        "calibrate", "--checkpoint", str(site_a_model), "--normals", str(tmp_path / "mixed"),
+        "--out", str(tmp_path / "new.ckpt"), "--accelerator", "cpu",
+    ])
+    assert status == 1 and "normals of one kind" in capsys.readouterr().err
+    assert not (tmp_path / "new.ckpt").exists()
