@@ -560,3 +560,31 @@ def test_joint_fit_checks_every_class_test_set_before_training(
     ) as err:
         runner.fit(options)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- beyond the list
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("seeds: [-1]", r"seeds\[0\]: a seed must be between 0 and 4294967295"),
+        ("seeds: [4294967296]", r"seeds\[0\]: a seed must be between 0 and 4294967295"),
+        ('datasets: [{name: "a\\0b", data: data}]', r"datasets\[0\]\.name: 'a\\x00b' cannot be a folder name"),
+        ('datasets: [{name: "a\\nb", data: data}]', r"datasets\[0\]\.name: 'a\\nb' cannot be a folder name"),
+    ],
+)
+def test_benchmark_suite_refuses_seeds_and_names_nothing_downstream_can_use(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    from pdd.benchmark.suite import load_suite
+    from pdd.errors import ConfigError
+
+    (tmp_path / "data").mkdir()
+    base = {"seeds": "seeds: [0]", "datasets": "datasets: [{name: a, data: data}]"}
+    base[line.split(":")[0]] = line
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("presets: [pdd]\n" + "\n".join(base.values()) + "\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_suite(suite)
+    assert "\n" not in str(err.value)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pdd.config import read_yaml_file, resolve_config
+from pdd.config.schema import MAX_SEED
 from pdd.data import FORMATS
 from pdd.errors import ConfigError, PDDError
 from pdd.evaluation.aggregate import METRIC_KEYS
@@ -251,7 +252,7 @@ def _text(value: Any, where: _Where) -> str:
 
 def _folder_name(value: Any, where: _Where) -> str:
     text = _text(value, where)
-    if Path(text).name != text or text.startswith("."):
+    if Path(text).name != text or text.startswith(".") or not text.isprintable():
         raise where.fail(f"{text!r} cannot be a folder name")
     return text
 
@@ -269,6 +270,8 @@ def _unique_list(value: Any, where: _Where, item: Callable[[Any, _Where], Any]) 
 def _seed(value: Any, where: _Where) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise where.fail(f"expected a whole number, got {value!r}")
+    if not 0 <= value <= MAX_SEED:  # as pdd fit's --seeds: what the random generators accept
+        raise where.fail(f"a seed must be between 0 and {MAX_SEED} (2**32 - 1), got {value}")
     return value
 
 
