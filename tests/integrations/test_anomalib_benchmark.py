@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -175,3 +175,45 @@ def test_a_multi_class_dataset_needs_class_or_joint_for_anomalib_models(
     with pytest.raises(ConfigError, match=r"has 2 classes; .*need `class: <name>` or `joint"):
         run_benchmark(suite, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_the_anomalib_scorer_gives_each_image_its_own_score_and_map(
+    anomalib: ModuleType, phantoms: Path, tmp_path: Path
+) -> None:
+    """A stand-in anomalib model whose score is the image's mean intensity and whose map is the
+    image itself: the scores and maps come back in the samples' order, each image's own."""
+    from anomalib.data import InferenceBatch
+    from anomalib.engine import Engine
+    from anomalib.models.components import AnomalibModule
+    from torch import nn
+
+    from pdd.data import ImageDataset, load_dataset, to_display
+    from pdd.integrations.anomalib_runs import AnomalibScorer
+
+    class Mean(nn.Module):
+        def forward(self, images: Any) -> Any:
+            return InferenceBatch(pred_score=images.mean(dim=(1, 2, 3)), anomaly_map=images[:, :1])
+
+    class StandIn(AnomalibModule):
+        learning_type = anomalib.LearningType.ONE_CLASS
+        trainer_arguments: ClassVar[dict[str, Any]] = {}
+
+        def __init__(self) -> None:
+            super().__init__(pre_processor=False, post_processor=False, evaluator=False,
+                             visualizer=False)  # fmt: skip
+            self.model = Mean()
+
+    split = load_dataset(phantoms, "folder", seed=0)
+    samples = list(reversed(split.test))  # not the files' order
+    engine = Engine(default_root_dir=tmp_path / "a", logger=False, accelerator="cpu",
+                    enable_progress_bar=False)  # fmt: skip
+    scored = AnomalibScorer(engine, StandIn(), 64, 3, 0).score(
+        samples, "test", keep_maps=True, keep_masks=True, extremes=2
+    )
+    ours = ImageDataset(samples, 64)
+    for i in range(len(samples)):
+        image = to_display(ours[i]["image"])  # [0, 1] RGB, as the scorer hands it to anomalib
+        assert scored.scores[i] == pytest.approx(float(image.mean()), abs=1e-6)
+        assert abs(scored.maps[i] - image[..., 0]).max() < 1e-6
+        assert (scored.masks[i] == (ours[i]["mask"][0].numpy() > 0.5)).all()
+    assert len(scored.extremes) == 4
