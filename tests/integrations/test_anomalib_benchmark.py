@@ -217,3 +217,30 @@ def test_the_anomalib_scorer_gives_each_image_its_own_score_and_map(
         assert abs(scored.maps[i] - image[..., 0]).max() < 1e-6
         assert (scored.masks[i] == (ours[i]["mask"][0].numpy() > 0.5)).all()
     assert len(scored.extremes) == 4
+
+
+def test_offline_pretrained_weights_missing_is_one_line_before_anything_runs(
+    anomalib: ModuleType, phantoms: Path, tmp_path: Path
+) -> None:
+    """Pretrained backbone, empty weight cache, no network: `pdd benchmark` stops with one line
+    naming the model and the backbone, and nothing is written."""
+    import os
+    import subprocess
+    import sys
+
+    suite = write_suite(
+        tmp_path / "s.yaml", [{"anomalib": "Padim", "args": {"backbone": "resnet18"}}], phantoms,
+        teachers="pretrained",
+    )  # fmt: skip
+    env = {**os.environ, "HF_HOME": str(tmp_path / "empty_cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pdd.cli", "benchmark", "--suite", str(suite), "--out",
+         str(tmp_path / "out"), "--accelerator", "cpu", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert "anomalib:Padim: cannot load the pretrained weights of resnet18" in errors[0]
+    assert "pre_trained: false" in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -119,9 +119,10 @@ def run_benchmark(
     """
     settings = settings or RunSettings()
     out = Path(out)
-    _check_anomalib_datasets(suite)
-    _claim(out, suite)
     cells = plan(suite, out)
+    _check_anomalib_datasets(suite)
+    _check_anomalib_weights(suite, cells)
+    _claim(out, suite)
     for number, cell in enumerate(cells, 1):
         label = f"[{number}/{len(cells)}] {cell.dataset.name} / {cell.preset}"
         if is_complete(cell.folder):
@@ -146,6 +147,17 @@ def _run_anomalib(suite: Suite, cell: Cell, settings: RunSettings) -> None:
 
     options = fit_options(suite, cell, settings)
     run_cell(AnomalibCell(suite.anomalib[cell.preset], options, cell.dataset.name))
+
+
+def _check_anomalib_weights(suite: Suite, cells: Sequence[Cell]) -> None:
+    """Pretrained weights of every anomalib model that still has a cell to run, before any runs."""
+    to_run = {c.preset for c in cells if c.preset in suite.anomalib and not is_complete(c.folder)}
+    if not to_run:
+        return
+    from pdd.integrations.anomalib_models import DEFAULT_IMAGE_SIZE, check_weights
+
+    for label in sorted(to_run):
+        check_weights(suite.anomalib[label], suite.image_size or DEFAULT_IMAGE_SIZE, suite.teachers)
 
 
 def _check_anomalib_datasets(suite: Suite) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from pdd.errors import ConfigError, WeightsError
 
 __all__ = [
+    "DEFAULT_IMAGE_SIZE",
     "INSTALL_HINT",
     "MANAGED_ARGS",
     "PREFIX",
@@ -31,6 +32,7 @@ __all__ = [
     "anomalib_version",
     "build_model",
     "check_entry",
+    "check_weights",
     "model_arguments",
 ]
 
@@ -40,6 +42,8 @@ MANAGED_ARGS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 """Constructor arguments the benchmark sets itself (see the module docstring)."""
 INSTALL_HINT = 'pip install -e ".[anomalib]"'
 _PRETRAINED = "pre_trained"
+DEFAULT_IMAGE_SIZE = 256
+"""When the suite gives no image size (anomalib's own default)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,13 @@ def build_model(entry: AnomalibEntry, image_size: int, teachers: str) -> Any:
             f"{entry.label}: anomalib's {entry.model} refused the arguments {args}: "
             f"{_first_line(exc)}"
         ) from exc
+
+
+def check_weights(entry: AnomalibEntry, image_size: int, teachers: str) -> None:
+    """Build the model once when it loads pretrained weights, so that missing weights (offline,
+    not cached) stop a benchmark before anything is trained; downloads them when online."""
+    if model_arguments(entry, teachers).get(_PRETRAINED, True):
+        build_model(entry, image_size, teachers)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -51,6 +51,7 @@ from pdd.evaluation.evaluate import (
 from pdd.evaluation.scoring import ScoreCollector, Scored, extreme_indices
 from pdd.fileio import atomic_write_text
 from pdd.integrations.anomalib_models import (
+    DEFAULT_IMAGE_SIZE,
     AnomalibEntry,
     anomalib_version,
     build_model,
@@ -62,8 +63,6 @@ from pdd.training.summary import aggregate_seeds
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_IMAGE_SIZE", "AnomalibCell", "AnomalibScorer", "run_cell"]
 
-DEFAULT_IMAGE_SIZE = 256
-"""When the suite gives no image size (anomalib's own default)."""
 DEFAULT_BATCH_SIZE = 32
 """When neither the suite nor the entry gives a batch size (anomalib's datamodules' default)."""
 TRAINED_IMAGES = "trained_images.txt"
