@@ -22,8 +22,11 @@ the batches to the model), so anyone can check it against ``split.csv``'s train 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from pdd.evaluation.evaluate import (
     uncalibrated,
 )
 from pdd.evaluation.scoring import ScoreCollector, Scored, extreme_indices
+from pdd.evaluation.scoring_loop import quiet_predict_loop
 from pdd.fileio import atomic_write_text
 from pdd.integrations.anomalib_models import (
     DEFAULT_IMAGE_SIZE,
@@ -139,7 +143,8 @@ def _run_seed(cell: AnomalibCell, seed: int, folder: Path) -> dict[str, Any]:
     )
     data = _TrainData(split.train, cell, seed)
     started = time.monotonic()
-    engine.fit(model=model, datamodule=data)
+    with _quiet():
+        engine.fit(model=model, datamodule=data)
     train_seconds = time.monotonic() - started
     atomic_write_text(folder / TRAINED_IMAGES, "".join(f"{key}\n" for key in sorted(seen.keys)))
 
@@ -341,7 +346,9 @@ class AnomalibScorer:
         collector = ScoreCollector(
             len(items), keep_maps=keep_maps or extremes > 0, keep_masks=keep_masks
         )
-        for batch in self.engine.predict(model=self.model, dataloaders=loader) or []:
+        with _quiet():
+            predictions = self.engine.predict(model=self.model, dataloaders=loader) or []
+        for batch in predictions:
             index = np.array([index_of[key] for key in batch.image_path], dtype=np.int64)
             if collector.seen[index].any():
                 raise RuntimeError(f"{description}: anomalib returned an image twice")
@@ -365,3 +372,33 @@ class AnomalibScorer:
             shape = None if maps is None else tuple(maps.shape)
             raise RuntimeError(f"anomalib's anomaly maps have shape {shape}, expected {size}")
         return maps.detach().reshape(size).float().cpu().numpy()
+
+
+_NOISE = (
+    "ckpt_path is not provided",  # we pass the trained model itself
+    "callbacks returned in `LightningModule.configure_callbacks` will override",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _NOISE)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's and anomalib's messages that say nothing to a benchmark's user."""
+    names = ("anomalib.engine.engine", "lightning_fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(name) for name in names]
+    noise = _DropNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        with quiet_predict_loop(), warnings.catch_warnings():
+            # memory-bank models train without an optimiser; nobody validates here
+            warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None.")
+            warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
