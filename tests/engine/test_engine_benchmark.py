@@ -164,6 +164,15 @@ def test_grid_tables_equal_the_runs_metrics_and_a_rerun_trains_nothing(
         auroc = f"{100 * np.mean([m['image_auroc'] for m in seed_metrics]):.1f} ± "
         assert auroc in markdown
         assert row["seed_folders"] == f"{row['run_folder']}/seed_0;{row['run_folder']}/seed_1"
+        # cost, from the same runs: mean over seeds of training seconds and of the images the
+        # evaluation scored (held-out normals and test images) per second of it
+        timing = [m["timing"] for m in seed_metrics]
+        train = np.mean([t["train_seconds"] for t in timing])
+        assert float(row["train_seconds"]) == pytest.approx(train, rel=1e-12)
+        rates = [(m["num_test"] + m["num_holdout"]) / m["timing"]["eval_seconds"]
+                 for m in seed_metrics]  # fmt: skip
+        assert float(row["images_per_second"]) == pytest.approx(np.mean(rates), rel=1e-12)
+        assert row["model"] == f"pdd {seed_metrics[0]['pdd_version']}"
     published = [row["published_image_auroc"] for row in table]
     assert published == ["", "", "", "0.975"]
     assert "image AUROC % (their paper)" in markdown and "| 97.5 |" in markdown
@@ -350,7 +359,7 @@ def test_each_cell_fits_with_the_suites_settings(tmp_path: Path) -> None:
                 {"name": "one", "data": "one", "class": "liver", "split_file": "split.csv"},
                 {"name": "uni", "data": "uni", "format": "unimedical", "joint": True},
             ],
-        )  # fmt: skip
+        )
     )
     cells = plan(suite, tmp_path / "bench")
     assert [(c.dataset.name, c.preset) for c in cells] == [
@@ -398,7 +407,7 @@ def test_joint_rows_read_pooled_metrics_and_the_class_mean_over_seeds(tmp_path: 
             presets=["fake"],
             datasets=[{"name": "uni", "data": "uni", "format": "unimedical", "joint": True}],
             published={"datasets": {"uni": {"over": "classes", "fake": {"image_ap": 80.0}}}},
-        )  # fmt: skip
+        )
     )
     out = tmp_path / "bench"
     (cell,) = plan(suite, out)
