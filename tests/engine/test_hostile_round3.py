@@ -588,3 +588,24 @@ def test_benchmark_suite_refuses_seeds_and_names_nothing_downstream_can_use(
     with pytest.raises(ConfigError, match=message) as err:
         load_suite(suite)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["bogus://nowhere", "http://127.0.0.1:1"])
+def test_fit_with_an_unusable_mlflow_tracking_uri_fails_before_training(
+    tmp_path: Path, uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    from pdd.data.synthetic import make_phantom_dataset
+    from pdd.errors import ConfigError
+    from pdd.training import runner
+
+    data = make_phantom_dataset(tmp_path / "data", n_train=6, n_test_normal=2, n_test_abnormal=2, size=32)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    options = runner.FitOptions(
+        data=data, out=tmp_path / "run", preset="fake", teachers="random", accelerator="cpu",
+        progress=False, epochs=1, logger="mlflow",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"--logger mlflow: tracking URI '{uri}' is unusable") as err:
+        runner.fit(options)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "model.ckpt").exists()

@@ -46,11 +46,30 @@ def build_loggers(kind: str, run_folder: Path, run_name: str) -> list[Logger]:
 
         loggers.append(TensorBoardLogger(save_dir=str(run_folder), name=LOG_FOLDER))
     elif kind == "mlflow":
-        from lightning.pytorch.loggers import MLFlowLogger
-
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_folder / 'mlflow.db').resolve()}"
-        loggers.append(MLFlowLogger(experiment_name="pdd", run_name=run_name, tracking_uri=uri))
+        loggers.append(_mlflow_logger(run_name, uri))
     return loggers
+
+
+def _mlflow_logger(run_name: str, uri: str) -> Logger:
+    """The MLflow logger, its store reached now, once, without mlflow's minutes of retries: a
+    tracking URI that is wrong or down is a one-line ``ConfigError`` before training, not a
+    traceback after it."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    retries = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    before = os.environ.get(retries)
+    os.environ.setdefault(retries, "0")
+    try:
+        logger = MLFlowLogger(experiment_name="pdd", run_name=run_name, tracking_uri=uri)
+        logger.experiment  # noqa: B018 - creates the experiment and run in the store
+    except Exception as exc:  # mlflow raises many types for a bad store
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"--logger mlflow: tracking URI {uri!r} is unusable ({text})") from exc
+    finally:
+        if before is None:
+            os.environ.pop(retries, None)
+    return logger
 
 
 def read_step_losses(run_folder: Path) -> list[tuple[int, float]]:
