@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from pdd import __version__
 from pdd.data import DatasetSplit, ImageDataset, Sample, load_dataset, to_display
 from pdd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pdd.errors import DataError
+from pdd.errors import DataError, WeightsError
 from pdd.evaluation.evaluate import (
     Calibration,
     calibrate,
@@ -141,10 +141,18 @@ def _run_seed(cell: AnomalibCell, seed: int, folder: Path) -> dict[str, Any]:
         enable_progress_bar=cell.options.progress,
         enable_model_summary=False,
     )
-    data = _TrainData(split.train, cell, seed)
+    data = _TrainData(split, cell, seed)
     started = time.monotonic()
-    with _quiet():
-        engine.fit(model=model, datamodule=data)
+    try:
+        with _quiet():
+            engine.fit(model=model, datamodule=data)
+    except OSError as exc:  # e.g. EfficientAd fetches its teacher and ImageNette when it starts
+        raise WeightsError(
+            f"{cell.entry.label}: anomalib could not read or download a file it needs to train "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            "); models that fetch pretrained weights or data sets on first use need one run "
+            "with internet access"
+        ) from exc
     train_seconds = time.monotonic() - started
     atomic_write_text(folder / TRAINED_IMAGES, "".join(f"{key}\n" for key in sorted(seen.keys)))
 
@@ -274,16 +282,32 @@ class _Items(Dataset):
 
 
 class _TrainData(L.LightningDataModule):
-    """The split's training normals, shuffled with the seed (``name`` / ``category`` are what
-    anomalib's Engine names its workspace folder after)."""
+    """The split's training normals, shuffled with the seed, and its held-out normals as the
+    validation set (models that calibrate on normals during training use them, e.g. EfficientAd's
+    map quantiles; never test images). ``name`` / ``category`` name anomalib's workspace folder,
+    ``train_batch_size`` is what EfficientAd checks."""
 
-    def __init__(self, samples: Sequence[Sample], cell: AnomalibCell, seed: int) -> None:
+    def __init__(self, split: DatasetSplit, cell: AnomalibCell, seed: int) -> None:
         super().__init__()
-        self.samples = list(samples)
+        self.samples = list(split.train)
+        self.holdout = list(split.holdout)
         self.cell = cell
         self.seed = seed
         self.name = "pdd_split"
         self.category = cell.dataset_name
+        self.train_batch_size = cell.batch
+        self.eval_batch_size = cell.batch
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.holdout:
+            return []
+        return DataLoader(
+            _Items(self.holdout, self.cell.size),
+            batch_size=self.cell.batch,
+            shuffle=False,
+            num_workers=self.cell.options.num_workers,
+            collate_fn=ImageBatch.collate,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
