@@ -570,8 +570,14 @@ def test_joint_fit_checks_every_class_test_set_before_training(
     [
         ("seeds: [-1]", r"seeds\[0\]: a seed must be between 0 and 4294967295"),
         ("seeds: [4294967296]", r"seeds\[0\]: a seed must be between 0 and 4294967295"),
-        ('datasets: [{name: "a\\0b", data: data}]', r"datasets\[0\]\.name: 'a\\x00b' cannot be a folder name"),
-        ('datasets: [{name: "a\\nb", data: data}]', r"datasets\[0\]\.name: 'a\\nb' cannot be a folder name"),
+        (
+            'datasets: [{name: "a\\0b", data: data}]',
+            r"datasets\[0\]\.name: 'a\\x00b' cannot be a folder name",
+        ),
+        (
+            'datasets: [{name: "a\\nb", data: data}]',
+            r"datasets\[0\]\.name: 'a\\nb' cannot be a folder name",
+        ),
     ],
 )
 def test_benchmark_suite_refuses_seeds_and_names_nothing_downstream_can_use(
@@ -599,13 +605,34 @@ def test_fit_with_an_unusable_mlflow_tracking_uri_fails_before_training(
     from pdd.errors import ConfigError
     from pdd.training import runner
 
-    data = make_phantom_dataset(tmp_path / "data", n_train=6, n_test_normal=2, n_test_abnormal=2, size=32)
+    data = make_phantom_dataset(
+        tmp_path / "data", n_train=6, n_test_normal=2, n_test_abnormal=2, size=32
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     options = runner.FitOptions(
         data=data, out=tmp_path / "run", preset="fake", teachers="random", accelerator="cpu",
         progress=False, epochs=1, logger="mlflow",
     )  # fmt: skip
-    with pytest.raises(ConfigError, match=rf"--logger mlflow: tracking URI '{uri}' is unusable") as err:
+    with pytest.raises(
+        ConfigError, match=rf"--logger mlflow: tracking URI '{uri}' is unusable"
+    ) as err:
         runner.fit(options)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run" / "model.ckpt").exists()
+
+
+@pytest.mark.parametrize("mode", ["disk", "auto"])
+def test_feature_cache_under_a_regular_file_is_a_one_line_error(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdd.errors import ConfigError
+    from pdd.training.feature_cache import FeatureCache
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PDD_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with pytest.raises(
+        ConfigError,
+        match=r"feature cache .*/file/cache/features.* (Not a directory|is a file)",
+    ) as err:
+        FeatureCache(mode, 1000)
+    assert "\n" not in str(err.value) and "PDD_CACHE_DIR" in str(err.value)

@@ -395,6 +395,23 @@ def _tensors(
 # --------------------------------------------------------------------------- the cache
 
 
+def _check_store_folder(folder: Path) -> None:
+    """The disk store's folder must be (or be creatable as) a writable folder: checked before
+    training, since a ``PDD_CACHE_DIR`` under a regular file would otherwise end the first epoch
+    with an internal ``NotADirectoryError``."""
+    nearest = folder
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if nearest.is_dir() and os.access(nearest, os.W_OK):
+        return
+    why = "is not writable" if nearest.is_dir() else "is a file"
+    cause = f" (from PDD_CACHE_DIR={os.environ['PDD_CACHE_DIR']})" if os.environ.get("PDD_CACHE_DIR") else ""
+    raise ConfigError(
+        f"feature cache {folder}: {nearest} {why}{cause}; point PDD_CACHE_DIR at a writable "
+        "folder or use --feature-cache memory or off"
+    )
+
+
 class FeatureCache:
     """Finds or computes the teacher features of one sub-run's training batches (module docstring).
 
@@ -427,6 +444,8 @@ class FeatureCache:
             self.store = self._memory(None)
         elif mode == "disk":
             self.store = self._disk()
+        if mode in ("disk", "auto"):
+            _check_store_folder(features_dir(self._root))
         self.hits = 0
         self.misses = 0
         self._identity: tuple[Any, str] | None = None
