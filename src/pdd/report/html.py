@@ -29,6 +29,7 @@ from pdd.report.markup import esc
 from pdd.report.run_files import ReportRun, read_run
 from pdd.report.style import CSS
 from pdd.report.tables import metrics_section, settings_section, skipped_section
+from pdd.report.threshold_section import threshold_section
 
 __all__ = ["REPORT_NAME", "SECTIONS", "write_report"]
 
@@ -39,6 +40,7 @@ SectionBuilder = Callable[[ReportRun], str]
 SECTIONS: list[SectionBuilder] = [
     settings_section,
     metrics_section,
+    threshold_section,
     curves_section,
     histogram_section,
     gallery_section,
