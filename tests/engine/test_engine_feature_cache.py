@@ -290,3 +290,38 @@ def test_joint_fit_with_the_cache_equals_one_without(
     assert record["mode"] == "memory" and record["location"] == "memory"
     # Every training image computed in epoch 1, served in epochs 2 and 3.
     assert record["misses"] > 0 and record["hits"] == 2 * record["misses"], record
+
+
+def test_a_resumed_fit_with_the_cache_equals_an_uninterrupted_one_without(
+    real_options: Any, phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash in the middle of epoch 1, the in-memory features lost as in a killed process, then
+    ``resume``: epoch 2's part-cached batches are recomputed whole, epoch 3 is served from the
+    cache, and the run ends exactly as one without a cache."""
+    from test_engine_resume import TRAINER, Crash, assert_same_run, crash_at
+
+    from pdd.training import runner
+    from pdd.training.runner import resume
+
+    def run_options(out: Path, mode: str) -> Any:
+        return real_options(
+            "rd4ad",
+            phantoms,
+            out,
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            feature_cache=mode,
+            checkpoint_every_n_steps=1,
+        )
+
+    reference = fit(run_options(tmp_path / "off", "off"))
+    out = tmp_path / "run"
+    crash_at(monkeypatch, 2)  # 14 images, batches of 4: 4 steps per epoch
+    with pytest.raises(Crash):
+        fit(run_options(out, "auto"))
+    feature_cache.clear_memory()
+    monkeypatch.setattr(runner, "build_trainer", TRAINER)
+    assert resume(out, progress=False) == out
+    assert_same_run(out, reference)
+    record = read_metrics(out)["feature_cache"]
+    assert record["mode"] == "memory" and record["hits"] >= 14
