@@ -50,6 +50,7 @@ import struct
 import tempfile
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -448,7 +449,8 @@ class FeatureCache:
             _check_store_folder(features_dir(self._root))
         self.hits = 0
         self.misses = 0
-        self._identity: tuple[Any, str] | None = None
+        # The model whose identity was last hashed (weakly: the cache must not keep it alive).
+        self._identity: tuple[weakref.ref[Any], str] | None = None
         self._warned_full = False
 
     def _memory(self, limit: int | None) -> MemoryStore:
@@ -464,7 +466,7 @@ class FeatureCache:
 
     def context(self, model: Any, device: torch.device) -> str:
         """Digest of what, besides the pixels, decides the features (module docstring)."""
-        if self._identity is None or self._identity[0] is not model:
+        if self._identity is None or self._identity[0]() is not model:
             identity = json.dumps(
                 {
                     "format": FORMAT_VERSION,
@@ -473,7 +475,7 @@ class FeatureCache:
                 },
                 sort_keys=True,
             )
-            self._identity = (model, identity)
+            self._identity = (weakref.ref(model), identity)
         autocast = (
             str(torch.get_autocast_dtype(device.type))
             if torch.is_autocast_enabled(device.type)
