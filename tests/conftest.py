@@ -12,7 +12,8 @@ import ctypes
 import ctypes.util
 import gc
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(autouse=True)
 def _memory_released_after_each_test() -> Iterator[None]:
     yield
+    # The process-wide teacher-feature store (up to 2 GiB) is meant to be shared by the runs of
+    # one command; across tests it would only hold one test's features into the next ones.
+    feature_cache = sys.modules.get("pdd.training.feature_cache")
+    if feature_cache is not None:
+        feature_cache.clear_memory()
     rss = _rss_mb()
     if rss is None or rss - _last_release_mb > _RELEASE_AFTER_MB:
         _release_memory()
+
+
+@pytest.fixture
+def release_memory() -> Callable[[], None]:
+    """For a test that runs several heavy steps: call it between them so their peaks do not add."""
+    return _release_memory
 
 
 @pytest.fixture(autouse=True, scope="module")
