@@ -24,9 +24,9 @@ def check_parameter_budget(preset: str, overrides: Mapping[str, Any]) -> nn.Modu
     Teachers are random in the skeleton: their shapes do not depend on their weights."""
     from pdd import models
 
-    plan = {**overrides, "teachers": "random", "teacher_weights": {}}
+    plan = {**overrides, "preset": preset, "teachers": "random", "teacher_weights": {}}
     with torch.device("meta"):
-        skeleton = models.create_model(preset, **plan)
+        skeleton = models.create_model(**plan)
     count = sum(tensor.numel() for tensor in skeleton.state_dict().values())
     if count > MAX_PARAMETERS:
         raise ConfigError(
