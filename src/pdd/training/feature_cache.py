@@ -2,7 +2,9 @@
 every later epoch (and every seed of the same fit, and, on disk, every later fit).
 
 Why it is exact: training uses no augmentation and the teachers are frozen in eval mode, so an
-image's teacher features are a function of its pixels and the teachers alone. A batch is served from
+image's teacher features are a function of its pixels and the teachers alone (for batches of two or
+more images: a batch of one runs through other oneDNN kernels with other rounding, so it is always
+computed, never stored or served). A batch is served from
 the cache only when *every* image in it is there; otherwise the whole batch goes through the
 teachers exactly as without a cache (``AnomalyModel.loss`` is ``teacher_features`` then
 ``loss_from_features``) and the missing images are stored. Entries are kept in the dtype they were
@@ -504,6 +506,12 @@ class FeatureCache:
     ) -> dict[str, Tensor]:
         """The batch's teacher features: from the cache when every image is there, else computed
         for the whole batch (as without a cache) and the missing images stored."""
+        if images.shape[0] == 1:
+            # oneDNN runs a single image through other convolution kernels, whose rounding differs
+            # from a batch's: such features are neither served nor stored, so that training with
+            # the cache stays exactly training without it.
+            self.misses += 1
+            return model.teacher_features(images)
         context = self.context(model, images.device)
         keys = [self.key(context, pixels) for pixels in pixel_keys]
         found = [] if self.store is None else [self.store.get(key) for key in keys]
