@@ -2,9 +2,11 @@
 every later epoch (and every seed of the same fit, and, on disk, every later fit).
 
 Why it is exact: training uses no augmentation and the teachers are frozen in eval mode, so an
-image's teacher features are a function of its pixels and the teachers alone (for batches of two or
-more images: a batch of one runs through other oneDNN kernels with other rounding, so it is always
-computed, never stored or served). A batch is served from
+image's teacher features are a function of its pixels and the teachers alone, provided they are
+always computed in a batch of the same size: oneDNN and the GEMMs pick kernels by batch size, whose
+rounding differs in the last bit, which training amplifies. So ``teacher_features`` (used with and
+without the cache) pads a short batch (the epoch's last) to the training batch size by repeating
+its last image, and keeps the real images' rows. A batch is served from
 the cache only when *every* image in it is there; otherwise the whole batch goes through the
 teachers exactly as without a cache (``AnomalyModel.loss`` is ``teacher_features`` then
 ``loss_from_features``) and the missing images are stored. Entries are kept in the dtype they were
@@ -75,6 +77,7 @@ __all__ = [
     "memory_bound_bytes",
     "off_record",
     "pixels_key",
+    "teacher_features",
 ]
 
 MODES = ("auto", "memory", "disk", "off")
@@ -408,7 +411,11 @@ def _check_store_folder(folder: Path) -> None:
     if nearest.is_dir() and os.access(nearest, os.W_OK):
         return
     why = "is not writable" if nearest.is_dir() else "is a file"
-    cause = f" (from PDD_CACHE_DIR={os.environ['PDD_CACHE_DIR']})" if os.environ.get("PDD_CACHE_DIR") else ""
+    cause = (
+        f" (from PDD_CACHE_DIR={os.environ['PDD_CACHE_DIR']})"
+        if os.environ.get("PDD_CACHE_DIR")
+        else ""
+    )
     raise ConfigError(
         f"feature cache {folder}: {nearest} {why}{cause}; point PDD_CACHE_DIR at a writable "
         "folder or use --feature-cache memory or off"
@@ -427,6 +434,7 @@ class FeatureCache:
         mode: str,
         expected_images: int,
         *,
+        batch_size: int = 0,
         root: Path | None = None,
         memory_bound: int | None = None,
         disk_limit: int | None = None,
@@ -437,6 +445,7 @@ class FeatureCache:
             )
         self.requested = mode
         self.expected_images = int(expected_images)
+        self.batch_size = int(batch_size)
         self._root = root
         self._memory_bound = (
             memory_bound_bytes() if memory_bound is None else memory_bound
@@ -506,19 +515,13 @@ class FeatureCache:
     ) -> dict[str, Tensor]:
         """The batch's teacher features: from the cache when every image is there, else computed
         for the whole batch (as without a cache) and the missing images stored."""
-        if images.shape[0] == 1:
-            # oneDNN runs a single image through other convolution kernels, whose rounding differs
-            # from a batch's: such features are neither served nor stored, so that training with
-            # the cache stays exactly training without it.
-            self.misses += 1
-            return model.teacher_features(images)
         context = self.context(model, images.device)
         keys = [self.key(context, pixels) for pixels in pixel_keys]
         found = [] if self.store is None else [self.store.get(key) for key in keys]
         if found and all(entry is not None for entry in found):
             self.hits += len(keys)
             return join_batch(found, images.device)  # type: ignore[arg-type]
-        computed = model.teacher_features(images)
+        computed = teacher_features(model, images, self.batch_size)
         self.misses += len(keys)
         entries = split_batch(computed)
         if self.store is None:
@@ -586,12 +589,29 @@ class FeatureCache:
         }
 
 
-def for_training(mode: str, model: Any, expected_images: int) -> FeatureCache | None:
+def teacher_features(model: Any, images: Tensor, batch_size: int) -> dict[str, Tensor]:
+    """``model.teacher_features`` of a batch computed as a batch of ``batch_size`` (a short batch
+    padded with copies of its last image): an image's features then never depend on how many
+    images shared its batch (module docstring)."""
+    count = int(images.shape[0])
+    if count >= batch_size:
+        return model.teacher_features(images)
+    padded = torch.cat(
+        [images, images[-1:].expand(batch_size - count, *images.shape[1:])]
+    )
+    return {
+        name: value[:count] for name, value in model.teacher_features(padded).items()
+    }
+
+
+def for_training(
+    mode: str, model: Any, expected_images: int, batch_size: int = 0
+) -> FeatureCache | None:
     """The cache a sub-run trains with: None for ``off`` or a model without the teacher/student
     split (``loss_from_features``)."""
     if mode == "off" or not hasattr(model, "loss_from_features"):
         return None
-    return FeatureCache(mode, expected_images)
+    return FeatureCache(mode, expected_images, batch_size=batch_size)
 
 
 def off_record(mode: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pdd.errors import ConfigError
-from pdd.training.feature_cache import FeatureCache
+from pdd.training.feature_cache import FeatureCache, teacher_features
 
 __all__ = ["AnomalyModule", "build_optimizer"]
 
@@ -105,11 +105,16 @@ class AnomalyModule(L.LightningModule):
             # Resumed from a state saved after an epoch's last batch, before its end hook ran.
             self._close_epoch()
         images = batch["image"]
-        if self.feature_cache is None:
-            terms = self.model.loss(images)
-        else:
+        if self.feature_cache is not None:
             features = self.feature_cache.features(self.model, images, batch["pixels_key"])
             terms = self.model.loss_from_features(features)
+        elif hasattr(self.model, "loss_from_features"):
+            # As the cache computes them: a short batch's teachers run at the full batch size.
+            batch_size = int(self.model.config["train"]["batch_size"])
+            features = teacher_features(self.model, images, batch_size)
+            terms = self.model.loss_from_features(features)
+        else:
+            terms = self.model.loss(images)
         size = int(images.shape[0])
         detached = {name: value.detach() for name, value in terms.items()}
         self.log_dict(

@@ -388,7 +388,9 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     if leader:
         _write_run_config(options, run, model.config, split)
 
-    feature_cache = teacher_cache.for_training(options.feature_cache, model, len(split.train))
+    feature_cache = teacher_cache.for_training(
+        options.feature_cache, model, len(split.train), batch_size
+    )
     module = AnomalyModule(model, feature_cache)
     trainer = build_trainer(
         options,
