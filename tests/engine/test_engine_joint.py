@@ -23,6 +23,7 @@ from pdd.data import load_dataset
 from pdd.data.synthetic import make_phantom_dataset
 from pdd.errors import ConfigError
 from pdd.runs.checkpoint import load
+from pdd.runs.folder import read_step_losses
 from pdd.training import loggers, runner
 from pdd.training.runner import FitOptions, fit
 from pdd.training.trainer import (
@@ -274,7 +275,7 @@ def test_training_curve_is_logged_as_csv_and_read_back(
     metrics = read_metrics(out)
     assert metrics["global_batch_size"] == 4
     assert yaml.safe_load((out / "config.yaml").read_text())["global_batch_size"] == 4
-    steps = loggers.read_step_losses(out)
+    steps = read_step_losses(out)
     expected_steps = 2 * int(np.ceil(metrics["num_train"] / 4))
     assert [step for step, _ in steps] == list(range(expected_steps))
     with (out / "logs" / "version_0" / "metrics.csv").open(newline="") as handle:
@@ -327,7 +328,7 @@ def test_optional_loggers_record_the_training_loss(
     the CSV log. Kills: the option accepted but no logger attached."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = fit(fake_options(phantoms, tmp_path / "run", logger=kind))
-    assert loggers.read_step_losses(out)  # the CSV log is always there
+    assert read_step_losses(out)  # the CSV log is always there
     if kind == "tensorboard":
         from tensorboard.backend.event_processing.event_accumulator import (
             EventAccumulator,

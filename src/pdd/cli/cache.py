@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _folders() -> dict[str, Path]:
-    from pdd.teachers.weights import cache_dir
+    from pdd.cache_root import cache_dir
     from pdd.training.feature_cache import features_dir
 
     root = cache_dir()

@@ -61,7 +61,8 @@ from pdd.integrations.anomalib_models import (
     build_model,
     model_arguments,
 )
-from pdd.runs.folder import is_complete, read_json, write_json, write_report, write_yaml
+from pdd.report.html import write_report
+from pdd.runs.folder import is_complete, read_json, write_json, write_yaml
 from pdd.training.options import FitOptions
 from pdd.training.summary import aggregate_seeds
 

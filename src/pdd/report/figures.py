@@ -172,7 +172,7 @@ def colour_scale(metrics: dict[str, Any]) -> str:
 def training_section(run: ReportRun) -> str:
     """The loss of every optimiser step (the run's CSV log) and per-epoch means of every loss
     term (``train_history`` of metrics.json), when recorded."""
-    from pdd.training.loggers import read_step_losses
+    from pdd.runs.folder import read_step_losses
 
     steps = read_step_losses(run.main.folder)
     history = run.main_metrics.get("train_history")

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from pdd.runs.lock import LOCK_NAME  # held by the run itself while it checks
 from pdd.csv_cells import escape_cell, unescape_mapping
 from pdd.errors import ConfigError
 from pdd.fileio import atomic_write_text
+from pdd.runs.lock import LOCK_NAME  # held by the run itself while it checks
 
 __all__ = [
     "SCORES_FIELDS",
@@ -30,10 +30,13 @@ __all__ = [
     "refuse_existing_run",
     "remove_partial_files",
     "write_json",
-    "write_report",
+    "read_step_losses",
     "write_scores",
     "write_yaml",
 ]
+
+LOG_FOLDER = "logs"
+"""Lightning's CSV (and TensorBoard) logs of a run, inside its folder."""
 
 TRAINING_STATE = "training_state.ckpt"
 SCORES_FIELDS = ("path", "label", "score", "kind", "class_name", "heatmap", "p_value")
@@ -98,8 +101,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def write_report(folder: Path) -> None:
-    """``report.html`` from the folder's files (imported late: the report pulls in matplotlib)."""
-    from pdd.report.html import write_report as build
+def read_step_losses(run_folder: Path) -> list[tuple[int, float]]:
+    """``(optimiser step, loss)`` pairs from a run folder's CSV logs, in step order.
 
-    build(folder)
+    A resumed run logs into a new version and repeats the steps after its last saved state; the
+    latest version's value of a step wins. Empty when the folder has no CSV log.
+    """
+    by_step: dict[int, float] = {}
+    versions = sorted(
+        (run_folder / LOG_FOLDER).glob("version_*/metrics.csv"),
+        key=lambda path: int(path.parent.name.removeprefix("version_") or 0),
+    )
+    for path in versions:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("loss"):
+                    by_step[int(row["step"])] = float(row["loss"])
+    return sorted(by_step.items())

@@ -78,7 +78,7 @@ class Teacher(nn.Module):
             info["options"] = dict(self.options)
         if self.weights_path is not None:
             if self._sha256 is None:
-                from pdd.teachers.weights import sha256_file
+                from pdd.teachers.weight_files import sha256_file
 
                 self._sha256 = sha256_file(self.weights_path)
             info.update(weights=self.weights_path.name, sha256=self._sha256)
@@ -176,7 +176,7 @@ def build(
         source = "state dict"
         state_dict = dict(weights)
     else:
-        from pdd.teachers.weights import read_state_dict
+        from pdd.teachers.weight_files import read_state_dict
 
         teacher.weights_path = Path(weights)
         source = str(weights)

@@ -45,9 +45,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from pdd.cache_root import cache_dir
 from pdd.errors import PDDError
 from pdd.teachers.selective_scan import selective_scan, selective_scan_traceable
-from pdd.teachers.weights import cache_dir
 
 __all__ = ["build_folder", "build_inputs", "cpu_kernel", "cross_selective_scan", "visit_order"]
 

@@ -96,7 +96,7 @@ Entry = dict[str, tuple[Tensor, tuple[int, ...]]]
 def features_dir(root: Path | None = None) -> Path:
     """Folder of the disk store: ``<pdd cache>/features``."""
     if root is None:
-        from pdd.teachers.weights import cache_dir
+        from pdd.cache_root import cache_dir
 
         root = cache_dir()
     return root / "features"

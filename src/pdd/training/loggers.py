@@ -7,7 +7,6 @@ adds a version, so nothing logged before a crash is deleted), which the report's
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from pdd.errors import ConfigError
+from pdd.runs.folder import LOG_FOLDER
 
-__all__ = ["LOGGERS", "LOG_FOLDER", "build_loggers", "check_logger", "read_step_losses"]
+__all__ = ["LOGGERS", "build_loggers", "check_logger"]
 
 LOGGERS = ("csv", "tensorboard", "mlflow")
-LOG_FOLDER = "logs"
 # logger -> (module it needs, the pdd extra that installs it)
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
@@ -71,21 +70,3 @@ def _mlflow_logger(run_name: str, uri: str) -> Logger:
             os.environ.pop(retries, None)
     return logger
 
-
-def read_step_losses(run_folder: Path) -> list[tuple[int, float]]:
-    """``(optimiser step, loss)`` pairs from a run folder's CSV logs, in step order.
-
-    A resumed run logs into a new version and repeats the steps after its last saved state; the
-    latest version's value of a step wins. Empty when the folder has no CSV log.
-    """
-    by_step: dict[int, float] = {}
-    versions = sorted(
-        (run_folder / LOG_FOLDER).glob("version_*/metrics.csv"),
-        key=lambda path: int(path.parent.name.removeprefix("version_") or 0),
-    )
-    for path in versions:
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("loss"):
-                    by_step[int(row["step"])] = float(row["loss"])
-    return sorted(by_step.items())

@@ -41,6 +41,7 @@ from pdd.evaluation.evaluate import (
 )
 from pdd.evaluation.scoring import Scorer
 from pdd.evaluation.scoring_loop import Devices, LightningScorer
+from pdd.report.html import write_report
 from pdd.runs import checkpoint as model_checkpoint
 from pdd.runs.folder import (
     TRAINING_STATE,
@@ -49,7 +50,6 @@ from pdd.runs.folder import (
     refuse_existing_run,
     remove_partial_files,
     write_json,
-    write_report,
     write_yaml,
 )
 from pdd.runs.ranks import is_global_zero_from_env

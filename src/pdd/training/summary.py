@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from pdd.evaluation.aggregate import METRIC_KEYS, mean_metrics
+from pdd.report.html import write_report
 from pdd.runs.folder import (
     read_scores,
     read_yaml,
     write_json,
-    write_report,
     write_scores,
     write_yaml,
 )

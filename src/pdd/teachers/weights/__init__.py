@@ -7,11 +7,13 @@ beside them that records how each file got there and the SHA-256 it had.
 - :mod:`.registry`   the published files (:class:`WeightSpec`) and each teacher's default
 - :mod:`.cache`      the cache root (``$PDD_CACHE_DIR``, ...) and where each file lives in it
 - :mod:`.manifest`   the manifest, and which hash a file must have (registry, first use, accepted)
-- :mod:`.state_dict` loading a weights file without running code from it; SHA-256 of a file
+- ``pdd.teachers.weight_files`` (beside this package, so the teacher registry can read a file
+  without importing the cache and download code that builds teachers): safe loading, SHA-256
 - :mod:`.fetch`      ``download`` and ``import_file`` into the cache
 - :mod:`.inventory`  ``resolve`` (the file a teacher loads), ``verify``, ``list_weights``
 """
 
+from pdd.teachers.weight_files import read_state_dict, sha256_file
 from pdd.teachers.weights.cache import cache_dir, cached_path, weights_dir
 from pdd.teachers.weights.fetch import download, import_file
 from pdd.teachers.weights.inventory import VerifyResult, list_weights, resolve, verify
@@ -24,7 +26,6 @@ from pdd.teachers.weights.registry import (
     WeightSpec,
     get_spec,
 )
-from pdd.teachers.weights.state_dict import read_state_dict, sha256_file
 
 __all__ = [
     "DEFAULT_WEIGHTS",

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from pdd.cache_root import cache_dir
 from pdd.teachers.weights.registry import get_spec
 
 __all__ = ["cache_dir", "cached_path", "weights_dir"]
-
-
-def cache_dir() -> Path:
-    """Root of pdd's cache: ``$PDD_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdd``, else ``~/.cache/pdd``."""
-    explicit = os.environ.get("PDD_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pdd"
 
 
 def weights_dir(cache: Path | None = None) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pdd.errors import WeightsError
+from pdd.teachers.weight_files import sha256_file
 from pdd.teachers.weights.cache import cached_path
 from pdd.teachers.weights.manifest import (
     basis_text,
@@ -24,7 +25,6 @@ from pdd.teachers.weights.manifest import (
     record_hash,
 )
 from pdd.teachers.weights.registry import WeightSpec, get_spec, upstream_name
-from pdd.teachers.weights.state_dict import sha256_file
 
 __all__ = ["download", "import_file"]
 

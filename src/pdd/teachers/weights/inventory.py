@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pdd.errors import WeightsError
+from pdd.teachers.weight_files import sha256_file
 from pdd.teachers.weights.cache import cached_path
 from pdd.teachers.weights.manifest import (
     Basis,
@@ -17,7 +18,6 @@ from pdd.teachers.weights.manifest import (
     read_manifest,
 )
 from pdd.teachers.weights.registry import DEFAULT_WEIGHTS, WEIGHTS, fetch_hint, get_spec
-from pdd.teachers.weights.state_dict import sha256_file
 
 __all__ = ["VerifyResult", "list_weights", "resolve", "verify"]
 
