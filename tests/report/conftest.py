@@ -8,6 +8,7 @@ package. Without them the browser tests skip, unless ``PDD_REQUIRE_CHROMIUM=1`` 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -207,9 +208,11 @@ def _request(method: str, url: str, payload: dict[str, Any] | None = None) -> An
         return json.loads(response.read())["value"]
 
 
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., dict[str, Any]]]:
-    """``render(html_path, screenshot=None) -> page facts`` in a fresh headless Chromium."""
+@contextlib.contextmanager
+def chromium_session(profile: Path, capabilities: dict[str, Any] | None = None) -> Iterator[_WebDriver]:
+    """A fresh headless Chromium session over WebDriver (skipped, or failed when
+    PDD_REQUIRE_CHROMIUM=1, without chromium and chromedriver); ``capabilities`` are added to
+    the session's (e.g. ``goog:loggingPrefs`` to read the console)."""
     found = _find_browser()
     if found is None:
         message = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
@@ -234,12 +237,24 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
             if time.monotonic() > deadline:
                 pytest.fail("chromedriver did not start within 30 s")
             time.sleep(0.2)
-        profile = tmp_path_factory.mktemp("chromium-profile")
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": browser, "args": [*_CHROMIUM_ARGS, f"--user-data-dir={profile}"]}}
-        session = _request("POST", f"{base_url}/session",
-                           {"capabilities": {"alwaysMatch": capabilities}})
+        wanted = {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": browser, "args": [*_CHROMIUM_ARGS, f"--user-data-dir={profile}"]},
+            **(capabilities or {})}
+        session = _request("POST", f"{base_url}/session", {"capabilities": {"alwaysMatch": wanted}})
         web = _WebDriver(base_url, session["sessionId"])
+        try:
+            yield web
+        finally:
+            web.command("DELETE", "")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., dict[str, Any]]]:
+    """``render(html_path, screenshot=None) -> page facts`` in a fresh headless Chromium."""
+    with chromium_session(tmp_path_factory.mktemp("chromium-profile")) as web:
 
         def render(html_path: Path, screenshot: Path | None = None) -> dict[str, Any]:
             web.command("POST", "/url", {"url": html_path.resolve().as_uri()})
@@ -252,7 +267,11 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
             return facts
 
         yield render
-        web.command("DELETE", "")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+
+
+@pytest.fixture
+def logged_browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``command(method, endpoint, payload=None)`` on a fresh Chromium session whose console log
+    can be read (``POST /se/log``)."""
+    with chromium_session(tmp_path / "profile", {"goog:loggingPrefs": {"browser": "ALL"}}) as web:
+        yield web.command

@@ -8,14 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,67 +55,17 @@ def test_viewer_section_orders_scans_and_is_self_contained(tmp_path: Path) -> No
     assert page.count('class="pdd-scan"') == 3
 
 
-# --------------------------------------------------------------------------- headless Chromium
-
-_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--window-size=900,900"]
-
-
-def _request(method: str, url: str, payload: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())["value"]
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """``command(method, endpoint, payload)`` on a fresh Chromium session that logs the console."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not all(found):
-        message = "chromium and chromedriver are not installed"
-        if os.environ.get("PDD_REQUIRE_CHROMIUM") == "1":
-            pytest.fail(message + " but PDD_REQUIRE_CHROMIUM=1")
-        pytest.skip(message)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([str(found[1]), f"--port={port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _request("GET", f"{base}/status").get("ready"):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("chromedriver did not start within 30 s")
-            time.sleep(0.2)
-        options = {"binary": found[0], "args": [*_ARGS, f"--user-data-dir={tmp_path / 'profile'}"]}
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": options,
-                        "goog:loggingPrefs": {"browser": "ALL"}}
-        session = _request("POST", f"{base}/session", {"capabilities": {"alwaysMatch": capabilities}})
-        prefix = f"{base}/session/{session['sessionId']}"
-        yield lambda method, endpoint, payload=None: _request(method, prefix + endpoint, payload)
-        _request("DELETE", prefix)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def _screenshot(command: Any, element: str) -> np.ndarray:
     png = base64.b64decode(command("GET", f"/element/{element}/screenshot"))
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
-def test_viewer_moves_through_slices_and_fades_the_heatmap(tmp_path: Path, browser: Any) -> None:
+def test_viewer_moves_through_slices_and_fades_the_heatmap(
+    tmp_path: Path, logged_browser: Any
+) -> None:
     _write_run(tmp_path / "run")
     page = write_predict_report(tmp_path / "run")
-    command = browser
+    command = logged_browser
     command("POST", "/url", {"url": page.resolve().as_uri()})
     errors = [e for e in command("POST", "/se/log", {"type": "browser"}) if e["level"] == "SEVERE"]
     assert errors == []
