@@ -1,7 +1,8 @@
 """A run folder's ``report.html``: one static, self-contained file.
 
-Everything is inlined (CSS, figures and heatmaps as base64 PNG data URIs), there is no JavaScript,
-and nothing is fetched, so the report opens offline, from an e-mail attachment or a PACS share.
+Everything is inlined (CSS, figures and heatmaps as base64 PNG data URIs), the only JavaScript is
+the scan viewer's inline script (volume datasets only), and nothing is fetched, so the report opens
+offline, from an e-mail attachment or a PACS share.
 
 Inputs (see docs/architecture.md, "Run folder schema"): ``metrics.json`` and ``scores.csv`` are
 required; ``config.yaml`` and the heatmap PNGs named in ``scores.csv`` are optional and their absence
@@ -27,6 +28,7 @@ from pdd.report.figures import curves_section, histogram_section, training_secti
 from pdd.report.gallery import gallery_section
 from pdd.report.markup import esc
 from pdd.report.run_files import ReportRun, read_run
+from pdd.report.scan_viewer import run_scans_section
 from pdd.report.style import CSS
 from pdd.report.tables import metrics_section, settings_section, skipped_section
 from pdd.report.threshold_section import threshold_section
@@ -44,6 +46,7 @@ SECTIONS: list[SectionBuilder] = [
     curves_section,
     histogram_section,
     gallery_section,
+    run_scans_section,
     training_section,
     skipped_section,
 ]

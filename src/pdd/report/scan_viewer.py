@@ -2,7 +2,9 @@
 
 ``pdd predict`` keeps, per scan, its slices and anomaly maps at the model's input size
 (``viewer/<scan>.npz``, written by ``save_scan_frames``: the grey slice as uint8 and the map as
-256 levels of the checkpoint's FIXED colour scale, so nothing is re-scaled per scan or slice).
+256 levels of the checkpoint's FIXED colour scale, so nothing is re-scaled per scan or slice);
+``pdd fit`` and ``pdd test`` on a volume dataset keep them for their ``MAX_SCANS`` most anomalous
+test scans (``pdd.evaluation.scan_results``), with the slice scores in the frames file.
 ``scan_viewer_section`` turns them into one HTML section: the scans most anomalous first, each
 with its slices as PNG data URIs that are decoded only when the slice is shown (lazy), the
 heatmap as a separate layer over the slice with an opacity slider, a colour bar, and the slice
@@ -26,8 +28,9 @@ from PIL import Image
 from pdd.csv_cells import unescape_mapping
 from pdd.fileio import atomic_write_bytes
 from pdd.report.markup import png_data_uri
+from pdd.report.run_files import ReportRun
 
-__all__ = ["FRAMES_DIR", "MAX_SCANS", "save_scan_frames", "scan_viewer_section"]
+__all__ = ["FRAMES_DIR", "MAX_SCANS", "run_scans_section", "save_scan_frames", "scan_viewer_section"]
 
 FRAMES_DIR = "viewer"
 MAX_SCANS = 20
@@ -42,9 +45,14 @@ def save_scan_frames(
     images: Sequence[np.ndarray],
     maps: Sequence[np.ndarray],
     scale: tuple[float, float],
+    slice_scores: Sequence[float] | None = None,
 ) -> None:
     """One scan's viewer frames: ``images`` (display HxW or HxWx3 in [0, 1]) and ``maps`` (HxW)
-    of the slices at ``positions``, the maps quantised on the fixed ``scale`` (vmin, vmax)."""
+    of the slices at ``positions``, the maps quantised on the fixed ``scale`` (vmin, vmax).
+
+    ``slice_scores``: the slices' scores, when the writer has them at hand (fit and test); without
+    them (predict, which writes frames while other slices are still scored) the viewer reads
+    them from scores.csv."""
     vmin, vmax = scale
     grey = np.stack([_grey(image) for image in images])
     levels = np.stack(
@@ -52,9 +60,10 @@ def save_scan_frames(
     ).astype(np.uint8)
     buffer = io.BytesIO()
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        buffer, key=np.array(key), positions=np.asarray(positions, np.int64), images=grey, levels=levels
-    )
+    arrays = {"key": np.array(key), "positions": np.asarray(positions, np.int64), "images": grey, "levels": levels}
+    if slice_scores is not None:
+        arrays["scores"] = np.asarray(slice_scores, np.float64)
+    np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -98,6 +107,9 @@ def scan_viewer_section(folder: Path, scale: tuple[float, float] | None) -> str:
         with np.load(path) as saved:
             key = str(saved["key"])
             if key in volumes:
+                if "scores" in saved:
+                    kept = zip(saved["positions"].tolist(), saved["scores"].tolist())
+                    slice_scores[key] = {position: repr(score) for position, score in kept}
                 found.append((key, saved["positions"], saved["images"], saved["levels"]))
     found.sort(key=lambda item: -float(volumes[item[0]]["score"]))
     if not found:
@@ -108,7 +120,11 @@ def scan_viewer_section(folder: Path, scale: tuple[float, float] | None) -> str:
     ]
     blocks = "\n".join(_scan_block(number, scan) for number, scan in enumerate(scans))
     bar = _png(_colour(np.tile(np.arange(256, dtype=np.uint8), (12, 1))))
-    shown = f"the {len(scans)} most anomalous of {len(found)}" if len(found) > len(scans) else "every scan"
+    shown = (
+        f"the {len(scans)} most anomalous of {len(volumes)} scans (all in volumes.csv)"
+        if len(volumes) > len(scans)
+        else "every scan"
+    )
     data = json.dumps(scans).replace("</", "<\\/")
     return f"""<section id="scans">
 <h2>Scans</h2>
@@ -121,6 +137,16 @@ the slider sets the heatmap's opacity. Colour scale fixed for every scan (the ch
 <script>{_SCRIPT}</script>
 <style>{_STYLE}</style>
 </section>"""
+
+
+def run_scans_section(run: ReportRun) -> str:
+    """The fit/test report's viewer: the test scans of the run's (first seed's) model, on the
+    colour scale of its metrics.json; empty for image datasets."""
+    stats = run.main_metrics.get("map_stats")
+    vmin, vmax = (stats.get("vmin"), stats.get("vmax")) if isinstance(stats, dict) else (None, None)
+    if not (isinstance(vmin, (int, float)) and isinstance(vmax, (int, float)) and vmin < vmax):
+        return ""  # no usable colour scale (as the gallery's colour bar): no viewer
+    return scan_viewer_section(run.main.folder, (float(vmin), float(vmax)))
 
 
 def _scan_data(

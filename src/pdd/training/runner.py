@@ -39,7 +39,8 @@ from pdd.evaluation.evaluate import (
     split_record,
     uncalibrated,
 )
-from pdd.evaluation.scoring import Scorer
+from pdd.evaluation.scan_results import write_scan_results
+from pdd.evaluation.scoring import Scored, Scorer
 from pdd.evaluation.scoring_loop import Devices, LightningScorer
 from pdd.report.html import write_report
 from pdd.runs import checkpoint as model_checkpoint
@@ -242,6 +243,13 @@ def test(
         out / "config.yaml",
         {"pdd_version": __version__, "test_options": options, "model": meta["config"]},
     )
+    device = scorer.trainer.strategy.root_device  # the viewer's few scans: this process only
+    viewer_scorer = Scorer(
+        model.to(device), device, image_size, batch_size, num_workers,
+        scorer.trainer.precision_plugin.forward_context, progress,
+    )  # fmt: skip
+    viewer_scorer.source = scorer.source
+    _write_scans(out, split, scored, viewer_scorer, meta, map_stats)
     write_json(out / "metrics.json", record)
     write_report(out)
     return out
@@ -471,8 +479,10 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     model_checkpoint.save(
         run.folder / "model.ckpt", model, **calibration.checkpoint_meta(), provenance=provenance
     )
+    scored = score_test(scorer, split)
+    assert scored is not None  # one process scores here
     result = evaluate_test(
-        score_test(scorer, split),
+        scored,
         split,
         calibration.threshold,
         calibration.map_stats,
@@ -480,6 +490,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         class_thresholds=calibration.class_thresholds,
         normal_scores=calibration.normal_scores,
     )
+    _write_scans(run.folder, split, scored, scorer, calibration.checkpoint_meta(), calibration.map_stats)
     record = {
         **result,
         **calibration.record(),
@@ -501,6 +512,20 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
     write_report(run.folder)
     state_path.unlink()
     return record
+
+
+def _write_scans(
+    folder: Path,
+    split: DatasetSplit,
+    scored: Scored,
+    scorer: Scorer,
+    meta: Mapping[str, Any],
+    map_stats: Mapping[str, float],
+) -> None:
+    """volumes.csv and the report's scan viewer frames when the test set holds scans."""
+    write_scan_results(
+        folder, split.test, scored.scores, scorer, meta, (map_stats["vmin"], map_stats["vmax"])
+    )
 
 
 def _run_name(options: FitOptions, run: _SubRun) -> str:
