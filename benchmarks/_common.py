@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -67,20 +68,42 @@ def median_seconds(
 
 
 def machine(device: torch.device) -> str:
-    """One line: CPU model or GPU name, threads, torch version."""
+    """One line: CPU model and vector extensions or GPU name, threads, torch version."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
+        name, flags = platform.processor() or platform.machine(), set()
         with (
             contextlib.suppress(OSError),
             open("/proc/cpuinfo", encoding="utf-8") as cpuinfo,
         ):
+            lines = [line.split(":", 1) for line in cpuinfo if ":" in line]
             models = [
-                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+                value.strip() for key, value in lines if key.strip() == "model name"
             ]
             name = models[0] if models else name
+            flags = next(
+                (set(value.split()) for key, value in lines if key.strip() == "flags"),
+                set(),
+            )
+        extensions = [label for flag, label in _EXTENSIONS if flag in flags]
+        name += f" ({', '.join(extensions) or 'no AVX2'})"
     return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} intra-op threads"
+
+
+# /proc/cpuinfo flags that decide which float32/bf16 kernels oneDNN and the scan kernel can use.
+_EXTENSIONS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("amx_tile", "AMX"),
+)
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average: timings on a shared machine are only as good as it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

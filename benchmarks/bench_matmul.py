@@ -5,8 +5,19 @@ python benchmarks/bench_matmul.py [--device cuda] [--bf16]
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from _common import machine, median_seconds, parser, setup, table
+
+
+def square_matmul(
+    n: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Callable[[], object], int]:
+    """A call multiplying two random n x n matrices, and its FLOP count (2 n^3): one GEMM sample."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return (lambda: a @ b), 2 * n**3
 
 
 def main() -> None:
@@ -17,15 +28,14 @@ def main() -> None:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     rows = []
     for n in args.sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        seconds = median_seconds(lambda a=a, b=b: a @ b, device, max(args.repeats, 5))
+        matmul, flops = square_matmul(n, device, dtype)
+        seconds = median_seconds(matmul, device, max(args.repeats, 5))
         rows.append(
             [
                 f"{n}x{n} @ {n}x{n}",
                 str(dtype).replace("torch.", ""),
                 seconds * 1e3,
-                2 * n**3 / seconds / 1e9,
+                flops / seconds / 1e9,
             ]
         )
     print(f"machine: {machine(device)}\n")
