@@ -36,6 +36,8 @@ __all__ = [
     "scan_calibration",
     "score_test",
     "split_record",
+    "stored_class_normal_scores",
+    "stored_records",
     "uncalibrated",
     "volume_scores",
     "write_heatmaps",
@@ -52,11 +54,14 @@ class Calibration:
 
     ``scan``: the same for whole volumes when the normals are NIfTI slices (the scan score rule
     over each held-out normal volume's slices; scans, not slices, are the exchangeable units).
+    ``class_conformal`` and ``class_normal_scores``: each class's own threshold and held-out normal
+    scores for a joint model (empty for one class).
     """
 
     conformal: metrics.ConformalThreshold | None
     normal_scores: list[float]
     class_conformal: dict[str, metrics.ConformalThreshold]
+    class_normal_scores: dict[str, list[float]]
     scan: ScanCalibration | None
     map_stats: dict[str, float]
     map_stats_from: str  # which normal images set the colour scale
@@ -94,6 +99,10 @@ class Calibration:
         meta.update({k: v for k, v in self.record().items() if v is not None})
         if self.class_thresholds is not None:
             meta["class_thresholds"] = self.class_thresholds
+            meta["class_calibration"] = {
+                name: {**chosen.record(), "normal_scores": list(self.class_normal_scores[name])}
+                for name, chosen in self.class_conformal.items()
+            }
         if self.scan is not None:
             meta["scan_threshold"] = self.scan.conformal.threshold
             meta["scan_calibration"] = self.scan.record(with_scores=True)
@@ -119,15 +128,17 @@ def calibrate(holdout: Scored, samples: Sequence[Sample], alpha: float) -> Calib
     """Threshold(s) at false-alarm rate ``alpha`` (``metrics.conformal_threshold``) and the colour
     scale, from the scored held-out normals ``samples`` only."""
     scores = holdout.scores
-    per_class = {}
+    per_class, class_scores = {}, {}
     names = sorted({s.class_name for s in samples if s.class_name is not None})
     for name in names if len(names) > 1 else []:  # a joint model: one threshold per class too
         mine = [i for i, s in enumerate(samples) if s.class_name == name]
         per_class[name] = metrics.conformal_threshold(scores[mine], alpha)
+        class_scores[name] = [float(v) for v in scores[mine]]
     return Calibration(
         metrics.conformal_threshold(scores, alpha),
         [float(v) for v in scores],
         per_class,
+        class_scores,
         scan_calibration(samples, scores, alpha),
         colour_scale(holdout),
         "held-out normals",
@@ -136,7 +147,7 @@ def calibrate(holdout: Scored, samples: Sequence[Sample], alpha: float) -> Calib
 
 def uncalibrated(normals: Scored, source: str) -> Calibration:
     """No held-out normals: no threshold, a display-only colour scale from ``source``."""
-    return Calibration(None, [], {}, None, colour_scale(normals), source)
+    return Calibration(None, [], {}, {}, None, colour_scale(normals), source)
 
 
 def volume_scores(
@@ -161,6 +172,37 @@ def scan_calibration(
     return ScanCalibration(
         DEFAULT_SCAN_RULE, metrics.conformal_threshold(values, alpha), values
     )
+
+
+def stored_class_normal_scores(meta: Mapping[str, Any]) -> dict[str, list[float]] | None:
+    """Each class's held-out normal scores as a joint checkpoint keeps them; None for a
+    one-class checkpoint or one written before they were kept (p-values are then pooled)."""
+    record = meta.get("class_calibration")
+    if not isinstance(record, Mapping):
+        return None
+    found = {
+        str(name): [float(v) for v in entry["normal_scores"]]
+        for name, entry in record.items()
+        if isinstance(entry, Mapping) and entry.get("normal_scores")
+    }
+    return found or None
+
+
+def stored_records(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What metrics.json of ``pdd test`` says about the checkpoint's thresholds (as the fit's
+    metrics.json does): image, per-class and scan records, without the stored normal scores."""
+    result: dict[str, Any] = {"threshold_calibration": meta.get("threshold_calibration")}
+    classes = meta.get("class_calibration")
+    if isinstance(classes, Mapping):
+        result["class_calibration"] = {
+            name: {k: v for k, v in entry.items() if k != "normal_scores"}
+            for name, entry in classes.items()
+            if isinstance(entry, Mapping)
+        }
+    scan = meta.get("scan_calibration")
+    if isinstance(scan, Mapping):
+        result["scan_calibration"] = {k: v for k, v in scan.items() if k != "normal_scores"}
+    return result
 
 
 def colour_scale(normals: Scored) -> dict[str, float]:
@@ -196,11 +238,14 @@ def evaluate_test(
     *,
     class_thresholds: Mapping[str, float] | None = None,
     normal_scores: Sequence[float] | None = None,
+    class_normal_scores: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the scored test images; scores.csv and heatmap overlays in ``folder``.
 
     ``normal_scores`` (the held-out normal scores kept in the checkpoint) give each image its
-    p-value in scores.csv; without them (an older checkpoint) the column is empty.
+    p-value in scores.csv; without them (an older checkpoint) the column is empty. A joint
+    model's image of a class in ``class_normal_scores`` gets its p-value against that class's
+    held-out normals instead (the test set knows each image's class; predict does not).
 
     The metrics are over every test image. When the test set holds several classes (a joint
     model), ``classes`` adds each class's metrics from the same scores (and its own threshold from
@@ -221,6 +266,10 @@ def evaluate_test(
     result["map_stats"] = dict(map_stats)
     heatmaps = write_heatmaps(split.test, scored.extremes, map_stats, folder)
     p_values = p_value_cells(normal_scores, scored.scores)
+    for name, scores in (class_normal_scores or {}).items():
+        mine = [i for i, s in enumerate(split.test) if s.class_name == name]
+        for index, cell in zip(mine, p_value_cells(scores, scored.scores[mine])):
+            p_values[index] = cell
     rows = [
         {
             "path": sample.key,

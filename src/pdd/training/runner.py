@@ -37,6 +37,8 @@ from pdd.evaluation.evaluate import (
     evaluate_test,
     score_test,
     split_record,
+    stored_class_normal_scores,
+    stored_records,
     uncalibrated,
 )
 from pdd.evaluation.scan_results import write_scan_results
@@ -205,10 +207,11 @@ def test(
         out,
         class_thresholds=meta.get("class_thresholds"),
         normal_scores=meta.get("normal_scores"),
+        class_normal_scores=stored_class_normal_scores(meta),
     )
     record = {
         **result,
-        "threshold_calibration": meta.get("threshold_calibration"),
+        **stored_records(meta),
         **split_record(split, "split.csv"),
         "preset": meta["preset"],
         "teachers": meta["config"]["teachers"],
@@ -489,6 +492,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         run.folder,
         class_thresholds=calibration.class_thresholds,
         normal_scores=calibration.normal_scores,
+        class_normal_scores=calibration.class_normal_scores,
     )
     _write_scans(run.folder, split, scored, scorer, calibration.checkpoint_meta(), calibration.map_stats)
     record = {
