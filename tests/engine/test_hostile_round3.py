@@ -621,7 +621,7 @@ def test_fit_with_an_unusable_mlflow_tracking_uri_fails_before_training(
     assert not (tmp_path / "run" / "model.ckpt").exists()
 
 
-@pytest.mark.parametrize("mode", ["disk", "auto"])
+@pytest.mark.parametrize("mode", ["disk"])  # auto: test_engine_feature_cache_storage.py
 def test_feature_cache_under_a_regular_file_is_a_one_line_error(
     tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,7 @@ from pdd.config.messages import rule, value_problem
 __all__ = [
     "ACCELERATORS",
     "DATASET_FORMATS",
+    "FEATURE_CACHE_DTYPES",
     "FEATURE_CACHE_MODES",
     "LOGGERS",
     "MAX_BLOCKS",
@@ -67,6 +68,7 @@ TEACHER_NAMES = ("wide_resnet50_2", "vmamba_tiny_v0")
 TEACHER_KINDS = ("pretrained", "random")
 DATASET_FORMATS = ("auto", "folder", "headct", "brainmri", "zhanglab", "unimedical", "bmad")
 FEATURE_CACHE_MODES = ("auto", "memory", "disk", "off")
+FEATURE_CACHE_DTYPES = ("float32", "bfloat16")
 LOGGERS = ("csv", "tensorboard", "mlflow")
 ACCELERATORS = ("cpu", "gpu", "auto")
 STRATEGIES = ("ddp", "auto")
@@ -345,6 +347,7 @@ class FitSettings(_Section):
     holdout_fraction: _number(ge=0.0, lt=1.0) | None = None
     fpr: _number(gt=0.0, lt=1.0) | None = None
     feature_cache: Literal[FEATURE_CACHE_MODES] | None = None  # type: ignore[valid-type]
+    feature_cache_dtype: Literal[FEATURE_CACHE_DTYPES] | None = None  # type: ignore[valid-type]
     group_by: Regex | None = None
     accelerator: Literal[ACCELERATORS] | None = None  # type: ignore[valid-type]
     devices: _auto_or(Count) | None = None

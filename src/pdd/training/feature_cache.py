@@ -13,12 +13,18 @@ teachers exactly as without a cache (``AnomalyModel.loss`` is ``teacher_features
 computed in (float32 unless autocast is on) and in the same memory layout (channels-last stays
 channels-last), so the students see the same numbers and the same strides.
 
+``--feature-cache-dtype bfloat16`` (never the default) stores float32 features as bfloat16: half
+the bytes, so ``auto`` keeps twice as many in memory, at the cost of exactness (8 bits of mantissa
+instead of 24; benchmarks/README.md measures the score change). They are widened back to float32,
+same layout, when served, and a batch computed in epoch 1 is rounded the same way before training
+uses it, so every epoch (and a resumed run) trains on the same numbers whichever batches hit.
+
 Key (``FeatureCache.key``): SHA-256 of the image's decoded pixels after preprocessing at the model's
 size (so the file's content, the preprocessing and the image size are all in it: ``pixels_key``,
 computed in the data loader), and of the *context*: every teacher's identity (name, weights
-SHA-256 or random seed + fingerprint, options), the levels the model reads, the device type, the
-autocast dtype, the torch version and ``PDD_CPU_KERNEL`` (the fused scan's rounding differs from
-PyTorch's). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
+SHA-256 or random seed + fingerprint, options), the levels the model reads, the storage dtype
+(bfloat16 and float32 entries never mix), the device type, the autocast dtype, the torch version
+and ``PDD_CPU_KERNEL`` (the fused scan's rounding differs from PyTorch's). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
 
 Stores (``--feature-cache``):
 
@@ -36,7 +42,9 @@ Stores (``--feature-cache``):
   to make room; when this run's own features do not fit, the rest are recomputed every epoch (one
   warning says so). ``pdd cache list|clear`` shows and empties it.
 * ``auto`` (default): memory when the training set's features fit in ``min(2 GiB, RAM / 4)``
-  (known after the first batch: bytes per image x training images), else disk.
+  (known after the first batch: bytes per image x training images), else disk. When the disk
+  store's folder is not usable, memory if they fit (one warning names the folder), else an error
+  naming it, raised at the first batch.
 
 The caching pass is the first epoch itself: features are computed lazily, batch by batch, as
 training needs them (with the training progress bar), on whatever device trains, and under DDP by
@@ -63,9 +71,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pdd.config.schema import FEATURE_CACHE_DTYPES as DTYPES
 from pdd.errors import ConfigError
 
 __all__ = [
+    "DTYPES",
     "MODES",
     "DiskStore",
     "FeatureCache",
@@ -81,7 +91,7 @@ __all__ = [
 ]
 
 MODES = ("auto", "memory", "disk", "off")
-FORMAT_VERSION = 1  # of the key context and the file layout; bump when either changes
+FORMAT_VERSION = 2  # of the key context and the file layout; bump when either changes
 _MAGIC = b"PDDFEAT1"
 _ALIGN = 64
 _GIB = 1024**3
@@ -89,8 +99,15 @@ _AUTO_MEMORY_CAP = 2 * _GIB
 _DISK_LIMIT_ENV = "PDD_FEATURE_CACHE_GB"
 _DEFAULT_DISK_GB = 20.0
 
-# One image's features: name -> (tensor in its physical dim order, that order as a batch permutation).
-Entry = dict[str, tuple[Tensor, tuple[int, ...]]]
+# One image's features: name -> (tensor as stored, in its physical dim order; that order as a batch
+# permutation; the dtype it is served in, float32 for a bfloat16-stored float32 feature).
+Entry = dict[str, tuple[Tensor, tuple[int, ...], torch.dtype]]
+# Dtypes an entry may hold or be served in (a file naming another is foreign).
+_ENTRY_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def features_dir(root: Path | None = None) -> Path:
@@ -144,30 +161,36 @@ def _physical_order(t: Tensor) -> tuple[int, ...]:
     return (0, *rest)
 
 
-def split_batch(features: Mapping[str, Tensor]) -> list[Entry]:
-    """A batch's features -> one ``Entry`` per image (CPU copies in the batch's memory layout)."""
+def split_batch(
+    features: Mapping[str, Tensor], storage: torch.dtype = torch.float32
+) -> list[Entry]:
+    """A batch's features -> one ``Entry`` per image (CPU copies in the batch's memory layout),
+    float32 features stored as ``storage``."""
     size = next(iter(features.values())).shape[0]
     entries: list[Entry] = [{} for _ in range(size)]
     for name, batch in features.items():
         order = _physical_order(batch)
         physical = batch.detach().permute(order).contiguous().cpu()
+        if batch.dtype == torch.float32:
+            physical = physical.to(storage)
         for i in range(size):
-            entries[i][name] = (physical[i].clone(), order)
+            entries[i][name] = (physical[i].clone(), order, batch.dtype)
     return entries
 
 
 def join_batch(entries: Sequence[Entry], device: torch.device) -> dict[str, Tensor]:
-    """``split_batch`` undone: the batch tensors with the original strides, on ``device``."""
+    """``split_batch`` undone: the batch tensors in their served dtype with the original strides,
+    on ``device``."""
     joined = {}
-    for name, (_, order) in entries[0].items():
-        physical = torch.stack([entry[name][0] for entry in entries]).to(device)
+    for name, (_, order, served) in entries[0].items():
+        physical = torch.stack([entry[name][0] for entry in entries]).to(device, served)
         inverse = [order.index(d) for d in range(len(order))]
         joined[name] = physical.permute(inverse)
     return joined
 
 
 def _entry_bytes(entry: Entry) -> int:
-    return sum(t.numel() * t.element_size() for t, _ in entry.values())
+    return sum(t.numel() * t.element_size() for t, _, _ in entry.values())
 
 
 # --------------------------------------------------------------------------- stores
@@ -301,12 +324,13 @@ def write_entry(path: Path, key: str, entry: Entry) -> None:
     """Header (key, tensors, payload SHA-256) + payload, to a temporary file then renamed."""
     tensors, parts, offset = [], [], 0
     digest = hashlib.sha256()
-    for name, (tensor, order) in entry.items():
+    for name, (tensor, order, served) in entry.items():
         data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
         tensors.append(
             {
                 "name": name,
                 "dtype": str(tensor.dtype).removeprefix("torch."),
+                "served": str(served).removeprefix("torch."),
                 "shape": list(tensor.shape),
                 "order": list(order),
                 "offset": offset,
@@ -389,44 +413,49 @@ def _tensors(
             start, nbytes = int(spec["offset"]), int(spec["nbytes"])
             if start < 0 or start + nbytes > length:
                 raise ValueError("tensor outside the payload")
-            dtype = getattr(torch, str(spec["dtype"]))
+            dtype, served = _entry_dtype(spec["dtype"]), _entry_dtype(spec["served"])
             flat = torch.frombuffer(
                 payload, dtype=torch.uint8, count=nbytes, offset=start
             )
             tensor = flat.view(dtype).reshape([int(n) for n in spec["shape"]]).clone()
-            entry[str(spec["name"])] = (tensor, tuple(int(d) for d in spec["order"]))
+            order = tuple(int(d) for d in spec["order"])
+            entry[str(spec["name"])] = (tensor, order, served)
     return entry
+
+
+def _entry_dtype(name: Any) -> torch.dtype:
+    if name not in _ENTRY_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}")
+    return _ENTRY_DTYPES[name]
 
 
 # --------------------------------------------------------------------------- the cache
 
 
-def _check_store_folder(folder: Path) -> None:
-    """The disk store's folder must be (or be creatable as) a writable folder: checked before
-    training, since a ``PDD_CACHE_DIR`` under a regular file would otherwise end the first epoch
-    with an internal ``NotADirectoryError``."""
+def _store_folder_problem(folder: Path) -> str | None:
+    """Why the disk store's folder cannot be (or be created as) a writable folder, else None:
+    checked before training, since a ``PDD_CACHE_DIR`` under a regular file would otherwise end
+    the first epoch with an internal ``NotADirectoryError``."""
     nearest = folder
     while not nearest.exists() and nearest != nearest.parent:
         nearest = nearest.parent
     if nearest.is_dir() and os.access(nearest, os.W_OK):
-        return
+        return None
     why = "is not writable" if nearest.is_dir() else "is a file"
     cause = (
         f" (from PDD_CACHE_DIR={os.environ['PDD_CACHE_DIR']})"
         if os.environ.get("PDD_CACHE_DIR")
         else ""
     )
-    raise ConfigError(
-        f"feature cache {folder}: {nearest} {why}{cause}; point PDD_CACHE_DIR at a writable "
-        "folder or use --feature-cache memory or off"
-    )
+    return f"feature cache {folder}: {nearest} {why}{cause}"
 
 
 class FeatureCache:
     """Finds or computes the teacher features of one sub-run's training batches (module docstring).
 
     ``expected_images`` (the training set's size) lets ``auto`` choose its store after the first
-    batch. ``hits`` and ``misses`` count images served from the cache and computed.
+    batch. ``dtype`` is the storage dtype of float32 features (``DTYPES``). ``hits`` and
+    ``misses`` count images served from the cache and computed.
     """
 
     def __init__(
@@ -435,6 +464,7 @@ class FeatureCache:
         expected_images: int,
         *,
         batch_size: int = 0,
+        dtype: str = "float32",
         root: Path | None = None,
         memory_bound: int | None = None,
         disk_limit: int | None = None,
@@ -443,7 +473,13 @@ class FeatureCache:
             raise ConfigError(
                 f"feature_cache: expected auto, memory or disk here, got {mode!r}"
             )
+        if dtype not in DTYPES:
+            raise ConfigError(
+                f"feature_cache_dtype: expected {' or '.join(DTYPES)}, got {dtype!r}"
+            )
         self.requested = mode
+        self.dtype = dtype
+        self._storage: torch.dtype = getattr(torch, dtype)
         self.expected_images = int(expected_images)
         self.batch_size = int(batch_size)
         self._root = root
@@ -456,8 +492,17 @@ class FeatureCache:
             self.store = self._memory(None)
         elif mode == "disk":
             self.store = self._disk()
-        if mode in ("disk", "auto"):
-            _check_store_folder(features_dir(self._root))
+        # auto only needs the folder when the features do not fit in memory (``_choose``).
+        self._disk_problem = (
+            _store_folder_problem(features_dir(self._root))
+            if mode in ("disk", "auto")
+            else None
+        )
+        if mode == "disk" and self._disk_problem:
+            raise ConfigError(
+                f"{self._disk_problem}; point PDD_CACHE_DIR at a writable folder or use "
+                "--feature-cache memory or off"
+            )
         self.hits = 0
         self.misses = 0
         # The model whose identity was last hashed (weakly: the cache must not keep it alive).
@@ -481,6 +526,7 @@ class FeatureCache:
             identity = json.dumps(
                 {
                     "format": FORMAT_VERSION,
+                    "storage": self.dtype,
                     "teachers": model.teacher_identity(),
                     "levels": {k: list(v) for k, v in model.teacher_levels().items()},
                 },
@@ -523,12 +569,15 @@ class FeatureCache:
             return join_batch(found, images.device)  # type: ignore[arg-type]
         computed = teacher_features(model, images, self.batch_size)
         self.misses += len(keys)
-        entries = split_batch(computed)
+        entries = split_batch(computed, self._storage)
         if self.store is None:
             self.store = self._choose(entries[0])
         for i, key in enumerate(keys):
             if not found or found[i] is None:
                 self.store.put(key, entries[i])
+        if self._storage != torch.float32:
+            # Rounded as every later epoch will see them.
+            computed = join_batch(entries, images.device)
         if self.store.full and not self._warned_full:
             self._warned_full = True
             warnings.warn(
@@ -541,9 +590,25 @@ class FeatureCache:
         return computed
 
     def _choose(self, sample: Entry) -> MemoryStore | DiskStore:
-        """``auto``: memory when every training image's features fit under the bound."""
-        if _entry_bytes(sample) * self.expected_images <= self._memory_bound:
+        """``auto``: memory when every training image's features fit under the bound, else disk;
+        an unusable disk folder is a warning when memory will do, else an error naming it."""
+        needed = _entry_bytes(sample) * self.expected_images
+        if needed <= self._memory_bound:
+            if self._disk_problem:
+                warnings.warn(
+                    f"{self._disk_problem}; the training set's teacher features "
+                    f"({needed / 1024**2:.1f} MiB) fit in memory, so they are kept there",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return self._memory(self._memory_bound)
+        if self._disk_problem:
+            raise ConfigError(
+                f"{self._disk_problem}; the training set's teacher features "
+                f"({needed / _GIB:.2f} GiB) exceed the in-memory bound of --feature-cache auto "
+                f"({self._memory_bound / _GIB:.2f} GiB): point PDD_CACHE_DIR at a writable "
+                "folder, or use --feature-cache memory (unbounded) or off"
+            )
         return self._disk()
 
     # -- reporting ------------------------------------------------------------------------
@@ -556,24 +621,33 @@ class FeatureCache:
 
     def describe(self) -> str:
         """One line for the fit banner: where the teacher features come from."""
+        stored = (
+            "as float32"
+            if self.dtype == "float32"
+            else f"as {self.dtype} (served as float32)"
+        )
         if self.store is None:
             return (
-                "teacher features: computed once per image, then cached (auto: in memory up to "
-                f"{self._memory_bound / _GIB:.1f} GiB, else on disk in {features_dir(self._root)})"
+                f"teacher features: computed once per image, then cached {stored} (auto: in "
+                f"memory up to {self._memory_bound / _GIB:.1f} GiB, else on disk in "
+                f"{features_dir(self._root)})"
             )
         where = (
             "in memory"
             if self.mode() == "memory"
             else f"on disk in {self.store.location}"
         )
-        return f"teacher features: computed once per image, then cached {where}"
+        return (
+            f"teacher features: computed once per image, then cached {where} {stored}"
+        )
 
     def summary(self) -> str:
         """One line after training: how many images were served and how big the cache is."""
         info = self.record()
         return (
             f"teacher features: {info['hits']} images from the cache, {info['misses']} computed; "
-            f"cache ({info['mode']}): {info['entries']} entries, {info['bytes'] / 1024**2:.1f} MiB"
+            f"cache ({info['mode']}, {info['dtype']}): {info['entries']} entries, "
+            f"{info['bytes'] / 1024**2:.1f} MiB"
         )
 
     def record(self) -> dict[str, Any]:
@@ -581,6 +655,7 @@ class FeatureCache:
         return {
             "mode": self.mode(),
             "requested": self.requested,
+            "dtype": self.dtype,
             "entries": 0 if self.store is None else self.store.entries(),
             "bytes": 0 if self.store is None else self.store.bytes,
             "hits": self.hits,
@@ -605,20 +680,26 @@ def teacher_features(model: Any, images: Tensor, batch_size: int) -> dict[str, T
 
 
 def for_training(
-    mode: str, model: Any, expected_images: int, batch_size: int = 0
+    mode: str,
+    model: Any,
+    expected_images: int,
+    batch_size: int = 0,
+    dtype: str = "float32",
 ) -> FeatureCache | None:
     """The cache a sub-run trains with: None for ``off`` or a model without the teacher/student
     split (``loss_from_features``)."""
     if mode == "off" or not hasattr(model, "loss_from_features"):
         return None
-    return FeatureCache(mode, expected_images, batch_size=batch_size)
+    return FeatureCache(mode, expected_images, batch_size=batch_size, dtype=dtype)
 
 
-def off_record(mode: str) -> dict[str, Any]:
-    """``feature_cache`` of metrics.json when no cache was used (``mode`` is what was asked)."""
+def off_record(mode: str, dtype: str = "float32") -> dict[str, Any]:
+    """``feature_cache`` of metrics.json when no cache was used (``mode`` and ``dtype`` are what
+    was asked)."""
     return {
         "mode": "off",
         "requested": mode,
+        "dtype": dtype,
         "entries": 0,
         "bytes": 0,
         "hits": 0,

@@ -43,6 +43,7 @@ class FitOptions:
     holdout_fraction: float = 0.1  # training normals held out for the threshold; 0: none
     fpr: float = 0.05  # false-alarm rate the threshold promises for normals like the held-out ones
     feature_cache: str = "auto"  # auto | memory | disk | off: frozen teacher features of training
+    feature_cache_dtype: str = "float32"  # float32 | bfloat16: how the cache stores them
     group_by: str | None = None  # regex: the group (patient) of a 2-D image from its file name
     model_overrides: dict[str, Any] = field(default_factory=dict)
     accelerator: str = "auto"

@@ -400,7 +400,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         _write_run_config(options, run, model.config, split)
 
     feature_cache = teacher_cache.for_training(
-        options.feature_cache, model, len(split.train), batch_size
+        options.feature_cache, model, len(split.train), batch_size, options.feature_cache_dtype
     )
     module = AnomalyModule(model, feature_cache)
     trainer = build_trainer(
@@ -506,7 +506,7 @@ def _run_one(options: FitOptions, run: _SubRun) -> dict[str, Any] | None:
         # this process's (rank 0's) hits and misses
         "feature_cache": feature_cache.record()
         if feature_cache is not None
-        else teacher_cache.off_record(options.feature_cache),
+        else teacher_cache.off_record(options.feature_cache, options.feature_cache_dtype),
         "timing": {
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(time.monotonic() - started, 3),
