@@ -1,6 +1,7 @@
 """Side by side with anomalib's Reverse Distillation: the model a user would install instead.
 
     python benchmarks/bench_peers.py [--threads 2] [--repeats 5] [--e2e-images 200] [--bf16]
+        [--fit-epochs 3] [--fit-limit N]
     python benchmarks/bench_peers.py --bf16-scores 64     # how far bf16 autocast moves the scores
 
 Needs anomalib in the same environment (the ``bench`` extra: ``pip install -e .[bench]``); without
@@ -15,11 +16,21 @@ runs in this one process with the same inputs and thread count, random-initialis
   so that a change in machine load hits all of them alike; the median of ``--repeats`` rounds is
   reported, after one untimed warm-up round. Memory: the peak resident set above the resting one
   during the pass (activations and workspaces; the weights are counted in the parameter column).
+  Beside each time, the fraction of this machine's float32 GEMM ceiling it reaches: the GFLOP per
+  image ``torch.utils.flop_counter`` counts (convolutions and matmuls; a training step's forward
+  and backward) per second, over the best of square float32 matmuls
+  (``bench_matmul.square_matmul``) timed once in every round beside the models.
 * end to end, files to scores: ``pdd predict`` (``pdd`` and ``rd4ad`` checkpoints with random teachers, batch 8,
   heatmap overlays written) against anomalib's ``Engine.predict(data_path=...)`` with its RD model
   (its own pre-processing, batch 1 as its file loader gives, result images written), both in this
   process, model loading included (our scan kernel's one-time build is not: it is done before the
   clock starts), on the first ``--e2e-images`` HeadCT images.
+* real training epochs (``_peer_training.py``): ``pdd fit`` of ``pdd`` and ``rd4ad`` with
+  ``--feature-cache memory`` and anomalib's ``Engine.fit`` (RD), ``--fit-epochs`` each on the same
+  training images (HeadCT, or phantoms when the folder is absent; ``--fit-limit N``: the first N),
+  the steady-state epoch (median of epochs 2..N) per image against anomalib's training step above
+  and against its own steady epoch, with its GEMM-ceiling fraction (ours: the GFLOP of a step
+  from cached teacher features: everything after the teachers).
 
 The load average is printed before and after: timings on a shared machine are only as good as it
 was idle.
@@ -42,8 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _common import machine, table
+from _common import load_average, machine, table
+from bench_matmul import square_matmul
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 DEFAULT_SIZE = 256
 BATCHES = (1, 8)
@@ -54,6 +67,10 @@ ANOMALIB_OFFICIAL = "anomalib RD, official width"
 OURS = ("rd4ad", "pdd", "pdd-reference")
 # End to end: the flagship, and the same model family as anomalib's RD (the pipelines compared).
 E2E_PRESETS = ("pdd", "rd4ad")
+# Real training epochs (the teacher-feature cache on): the flagship and the RD family.
+FIT_PRESETS = ("pdd", "rd4ad")
+# Square float32 matmuls timed in every round beside the models: the best is the GEMM ceiling.
+GEMM_SIZES = (1024, 2048)
 DEFAULT_HEADCT = Path(__file__).resolve().parents[2] / "shared" / "data" / "headct"
 
 
@@ -66,9 +83,14 @@ class Entry:
     infer: Callable[[Tensor], object]
     loss: Callable[[Tensor], Tensor]
     trainable: list[nn.Parameter]
+    # Ours: the teachers' part of ``loss`` and the rest, for the cached training step's FLOPs.
+    features: Callable[[Tensor], object] | None = None
+    loss_from_features: Callable[[object], Tensor] | None = None
     optimizer: torch.optim.Optimizer | None = None
     times: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    # GFLOP per image: "forward", "train" (a step's forward + backward), "cached" (ours).
+    gflop: dict[str, float] = field(default_factory=dict)
 
     def step(self, images: Tensor) -> None:
         if self.optimizer is None:
@@ -165,9 +187,70 @@ def _our_entries(presets: list[str], size: int) -> list[Entry]:
             model.train()
             return model.loss(images)["loss"]
 
+        def features(images: Tensor, model: nn.Module = model) -> object:
+            model.train()
+            with torch.no_grad():
+                return model.teacher_features(images)
+
+        def loss_from_features(features: object, model: nn.Module = model) -> Tensor:
+            return model.loss_from_features(features)["loss"]
+
         trainable = [p for p in model.parameters() if p.requires_grad]
-        entries.append(Entry(preset, model, infer, loss, trainable))
+        entries.append(
+            Entry(preset, model, infer, loss, trainable, features, loss_from_features)
+        )
     return entries
+
+
+def _gflop(run: Callable[[], object]) -> float:
+    """GFLOP of one call as ``torch.utils.flop_counter`` counts them: convolutions and matmuls
+    (forward, and backward when the call runs it), not elementwise work, not our fused scan kernel."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
+def _count_flops(entry: Entry, images: Tensor) -> None:
+    """Per image: the eval forward, a training step's forward + backward, and for ours the step
+    with the teacher features given (what a cached epoch computes). Untimed; gradients dropped."""
+    with torch.inference_mode():
+        entry.gflop["forward"] = _gflop(lambda: entry.infer(images[:1]))
+    batch = images[:TRAIN_BATCH]
+    entry.gflop["train"] = _gflop(lambda: entry.loss(batch).backward()) / TRAIN_BATCH
+    if entry.features is not None and entry.loss_from_features is not None:
+        given = entry.features(batch)
+        step = entry.loss_from_features
+        entry.gflop["cached"] = _gflop(lambda: step(given).backward()) / TRAIN_BATCH
+    for parameter in entry.model.parameters():
+        parameter.grad = None
+
+
+@dataclass
+class Gemm:
+    """A square float32 matmul timed once per round beside the models, so that the ceiling their
+    arithmetic rate is read against is measured under the same load."""
+
+    name: str
+    run: Callable[[], object]
+    flops: int
+    times: list[float] = field(default_factory=list)
+
+
+def _gemms() -> list[Gemm]:
+    cpu = torch.device("cpu")
+    return [
+        Gemm(f"{n}x{n} @ {n}x{n}", *square_matmul(n, cpu, torch.float32))
+        for n in GEMM_SIZES
+    ]
+
+
+def _ceiling(gemms: list[Gemm]) -> tuple[float, str]:
+    """The best median GFLOP/s among the timed matmuls, and which matmul gave it."""
+    rates = {
+        g.name: g.flops / statistics.median(g.times) / 1e9 for g in gemms if g.times
+    }
+    best = max(rates, key=rates.__getitem__)
+    return rates[best], best
 
 
 def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
@@ -178,13 +261,15 @@ def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
 
 def _time_passes(
     entries: list[Entry],
+    gemms: list[Gemm],
     images: Tensor,
     repeats: int,
     bf16: bool,
     clock: Callable[[], float],
     wanted: list[str],
 ) -> None:
-    """Every pass, round by round across the models; round 0 is the untimed warm-up."""
+    """Every pass, round by round across the models and the matmuls; round 0 is the untimed
+    warm-up. The matmuls run on the wall clock whatever ``clock`` is: they are the ceiling."""
     passes: list[tuple[str, Callable[[Entry], None]]] = []
     for batch in BATCHES:
 
@@ -213,8 +298,14 @@ def _time_passes(
                     entry.memory[name] = max(
                         entry.memory.get(name, 0.0), (rss[1] - rss[0]) / 2**30
                     )
+            for gemm in gemms:
+                start = time.perf_counter()
+                gemm.run()
+                if round_index:
+                    gemm.times.append(time.perf_counter() - start)
             print(
-                f"  {name}: round {round_index}/{repeats} done ({_load()})", flush=True
+                f"  {name}: round {round_index}/{repeats} done ({load_average()})",
+                flush=True,
             )
         medians = ", ".join(
             f"{e.name} {statistics.median(e.times[name]) * 1e3:.0f} ms" for e in entries
@@ -222,16 +313,24 @@ def _time_passes(
         print(f"  {name} medians: {medians}", flush=True)
 
 
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def _ratio(value: float, reference: float | None) -> str:
     return "" if reference is None else f" ({value / reference:.2f}x)"
 
 
-def _model_table(entries: list[Entry]) -> str:
+def _share(gflop: float | None, seconds: float, ceiling: float) -> str:
+    """The arithmetic rate of ``gflop`` done in ``seconds`` as a percentage of the ceiling."""
+    return "" if gflop is None else f"{100 * gflop / seconds / ceiling:.0f} %"
+
+
+def _annotated(value: float, ratio: float | None, share: str) -> str:
+    notes = [f"{ratio:.2f}x"] if ratio is not None else []
+    notes += [share] if share else []
+    return f"{value:.0f}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _model_table(entries: list[Entry], ceiling: float) -> str:
+    """ms per image (per step for training), each with its ratio to stock anomalib and the
+    fraction of the float32 GEMM ceiling its counted arithmetic reaches."""
     medians = {
         e.name: {k: statistics.median(v) for k, v in e.times.items()} for e in entries
     }
@@ -244,10 +343,17 @@ def _model_table(entries: list[Entry]) -> str:
             if name not in m:
                 cells.append("not run")
                 continue
-            scale = 1e3 / (1 if name == "train" else int(name.removeprefix("infer")))
-            value = m[name] * scale
-            ref = None if reference is None else reference[name] * scale
-            cells.append(f"{value:.0f}{_ratio(value, ref)}")
+            images = TRAIN_BATCH if name == "train" else int(name.removeprefix("infer"))
+            value = m[name] * 1e3 / (1 if name == "train" else images)
+            ratio = None if reference is None else m[name] / reference[name]
+            gflop = entry.gflop.get("train" if name == "train" else "forward")
+            share = _share(gflop, m[name] / images, ceiling)
+            cells.append(_annotated(value, ratio, share))
+        cells.append(
+            " / ".join(
+                f"{entry.gflop.get(k, float('nan')):.1f}" for k in ("forward", "train")
+            )
+        )
         cells.append(f"{sum(p.numel() for p in entry.model.parameters()) / 1e6:.1f}")
         memory = [
             f"{entry.memory.get(name, float('nan')):.2f}"
@@ -261,6 +367,7 @@ def _model_table(entries: list[Entry]) -> str:
             "infer batch 1, ms/img",
             "infer batch 8, ms/img",
             f"train step batch {TRAIN_BATCH}, ms",
+            "GFLOP/img, forward / train step",
             "parameters, M",
             "peak extra GiB, infer 8 / train",
         ],
@@ -277,7 +384,10 @@ def _pdd_predict(images: Path, work: Path, preset: str) -> tuple[float, float]:
 
     model = pdd.create_model(preset, teachers="random", image_size=DEFAULT_SIZE)
     ckpt = checkpoint.save(
-        work / f"{preset}.ckpt", model, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0}
+        work / f"{preset}.ckpt",
+        model,
+        threshold=0.5,
+        map_stats={"vmin": 0.0, "vmax": 1.0},
     )
     del model
     gc.collect()
@@ -338,7 +448,10 @@ def _end_to_end(headct: Path, count: int) -> str:
         theirs = _anomalib_predict(images, work)
     n = len(files)
     rows = [
-        [f"pdd predict ({preset} preset, batch 8)", *_e2e_cells(n, ours[preset], theirs)]
+        [
+            f"pdd predict ({preset} preset, batch 8)",
+            *_e2e_cells(n, ours[preset], theirs),
+        ]
         for preset in E2E_PRESETS
     ]
     if theirs is None:
@@ -347,7 +460,7 @@ def _end_to_end(headct: Path, count: int) -> str:
         rows.append(
             ["anomalib Engine.predict (RD, batch 1)", *_e2e_cells(n, theirs, None)]
         )
-    return f"end to end on {n} HeadCT files ({_load()}):\n\n" + table(
+    return f"end to end on {n} HeadCT files ({load_average()}):\n\n" + table(
         ["pipeline", "wall s", "images/s (wall)", "CPU s", "images per CPU-second"],
         rows,
     )
@@ -363,6 +476,95 @@ def _e2e_cells(
         ratio = "" if peer is None else f" ({peer[i] / own[i]:.2f}x)"
         cells += [f"{own[i]:.1f}", f"{rate:.2f}{ratio}"]
     return cells
+
+
+def _training_epochs(
+    args: argparse.Namespace,
+    reference_step: float | None,
+    gflop: dict[str, dict[str, float]],
+    ceiling: float,
+) -> str:
+    """Real training epochs (``_peer_training``): ours cached, anomalib's own loop, per image
+    against anomalib RD's step of the model table and against its epoch."""
+    import _peer_training as training
+
+    fits = [p for p in FIT_PRESETS if p in args.presets]
+    with tempfile.TemporaryDirectory(prefix="bench_peers_fit_") as tmp:
+        work = Path(tmp)
+        data, split_file, images = training.data_for_fits(
+            args.headct, work, args.fit_limit, args.size
+        )
+        runs: list[tuple[training.Epochs, float | None, str]] = []
+        for preset in fits:
+            run = training.pdd_fit(
+                preset, data, split_file, args.size, args.fit_epochs, work
+            )
+            runs.append((run, gflop.get(preset, {}).get("cached"), load_average()))
+            print(
+                f"  {run.name}: steady epoch {run.steady_per_image * 1e3:.0f} ms/image "
+                f"({runs[-1][2]})",
+                flush=True,
+            )
+        theirs = None
+        if not args.no_anomalib:
+            theirs = training.anomalib_fit(
+                data, split_file, args.size, args.fit_epochs, work
+            )
+        if theirs is not None:
+            runs.append((theirs, gflop.get(ANOMALIB, {}).get("train"), load_average()))
+    rows = []
+    for run, counted, load in runs:
+        per_image = run.steady_per_image
+        rows.append(
+            [
+                run.name,
+                run.batch,
+                f"{run.first_seconds:.1f}",
+                f"{per_image * 1e3:.0f}",
+                "-" if reference_step is None else f"{per_image / reference_step:.2f}x",
+                "-"
+                if theirs is None
+                else f"{per_image / theirs.steady_per_image:.2f}x",
+                "-" if counted is None else f"{counted:.1f}",
+                _share(counted, per_image, ceiling) or "-",
+                f"{run.note}; {load}",
+            ]
+        )
+    if reference_step is not None:
+        counted = gflop.get(ANOMALIB, {}).get("train")
+        rows.append(
+            [
+                f"{ANOMALIB} training step (model table, in-memory tensors)",
+                TRAIN_BATCH,
+                "",
+                f"{reference_step * 1e3:.0f}",
+                "1.00x",
+                "-"
+                if theirs is None
+                else f"{reference_step / theirs.steady_per_image:.2f}x",
+                "-" if counted is None else f"{counted:.1f}",
+                _share(counted, reference_step, ceiling) or "-",
+                "",
+            ]
+        )
+    return (
+        f"training, {args.fit_epochs} epochs on {images} training images of {data} "
+        f"({args.size} px); steady epoch: median of epochs 2..{args.fit_epochs}, per image:\n\n"
+        + table(
+            [
+                "training run",
+                "batch",
+                "epoch 1, s",
+                "steady epoch, ms/image",
+                "vs anomalib RD step",
+                "vs anomalib RD epoch",
+                "GFLOP/image counted",
+                "% of GEMM ceiling",
+                "notes",
+            ],
+            rows,
+        )
+    )
 
 
 def _bf16_scores(presets: list[str], count: int, size: int) -> str:
@@ -413,7 +615,7 @@ def _bf16_scores(presets: list[str], count: int, size: int) -> str:
         gc.collect()
     return (
         f"bf16 autocast vs float32, {count} phantoms ({count // 2} with lesions), batch 8, random "
-        f"teachers, untrained students ({_load()}):\n\n"
+        f"teachers, untrained students ({load_average()}):\n\n"
         + table(
             [
                 "model",
@@ -464,7 +666,25 @@ def main() -> None:
     p.add_argument(
         "--size", type=int, default=DEFAULT_SIZE, help="input size (smoke tests: 64)"
     )
-    p.add_argument("--headct", type=Path, default=DEFAULT_HEADCT, help="HeadCT folder")
+    p.add_argument(
+        "--headct",
+        type=Path,
+        default=DEFAULT_HEADCT,
+        help="HeadCT folder (absent: the training rows use phantoms, the end-to-end row is skipped)",
+    )
+    p.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=3,
+        help="epochs of each real training run (0: skip the training rows; at least 2)",
+    )
+    p.add_argument(
+        "--fit-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images (and N test images), not the whole set",
+    )
     p.add_argument(
         "--bf16-scores",
         type=int,
@@ -473,12 +693,16 @@ def main() -> None:
         help="only compare bf16 with float32 image scores of our presets on N phantoms",
     )
     args = p.parse_args()
+    if args.fit_epochs == 1:
+        p.error(
+            "--fit-epochs: a steady-state epoch needs at least 2 (0 skips the training rows)"
+        )
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(
         f"machine: {machine(torch.device('cpu'))}; input {args.size}x{args.size}; bf16 autocast: {args.bf16}"
     )
-    print(f"start: {_load()}", flush=True)
+    print(f"start: {load_average()}", flush=True)
     if args.bf16_scores:
         print(_bf16_scores(args.presets, args.bf16_scores, args.size))
         return
@@ -486,15 +710,38 @@ def main() -> None:
     images = torch.randn(max(BATCHES), 3, args.size, args.size)
     entries = [] if args.no_anomalib else _anomalib_entries(args.size)
     entries += _our_entries(args.presets, args.size)
+    for entry in entries:
+        _count_flops(entry, images)
+    gemms = _gemms()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    _time_passes(entries, images, args.repeats, args.bf16, clock, args.passes)
-    print(f"\n{args.clock} time, median of {args.repeats} rounds; end: {_load()}\n")
-    print(_model_table(entries), flush=True)
-    del entries
+    _time_passes(entries, gemms, images, args.repeats, args.bf16, clock, args.passes)
+    ceiling, best = _ceiling(gemms)
+    print(
+        f"\n{args.clock} time, median of {args.repeats} rounds; end: {load_average()}"
+    )
+    print(
+        f"float32 GEMM ceiling, timed in the same rounds: {ceiling:.0f} GFLOP/s ({best}); "
+        "% = counted GFLOP (torch.utils.flop_counter: convolutions and matmuls) per second "
+        "over it\n"
+    )
+    print(_model_table(entries, ceiling), flush=True)
+    gflop = {entry.name: entry.gflop for entry in entries}
+    reference = next(
+        (e for e in entries if e.name == ANOMALIB and "train" in e.times), None
+    )
+    reference_step = (
+        None
+        if reference is None
+        else statistics.median(reference.times["train"]) / TRAIN_BATCH
+    )
+    del entries, reference
     gc.collect()
     if args.e2e_images > 0:
         print()
         print(_end_to_end(args.headct, args.e2e_images))
+    if args.fit_epochs > 0:
+        print()
+        print(_training_epochs(args, reference_step, gflop, ceiling))
 
 
 if __name__ == "__main__":
