@@ -205,7 +205,8 @@ def main() -> None:
     if device.type == "cpu" and not args.bf16:
         print(
             "\nSS2D cross scan per block (4 directions incl. cross scan, dt projection and merge), "
-            f"fused CPU kernel built: {cpu_kernel() is not None}\n"
+            f"fused CPU kernel built: {cpu_kernel() is not None}"
+            f"{'' if cpu_kernel() is None else ', vector path ' + cpu_kernel().vector_isa()}\n"
         )
         print(
             table(

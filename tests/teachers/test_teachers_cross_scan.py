@@ -49,7 +49,9 @@ def _inputs(
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
     u = randn(batch, length, inner)
-    x_dbl = randn(batch, length, k, rank + 2 * state)  # dt_low, B, C are slices, as in VMamba
+    x_dbl = randn(
+        batch, length, k, rank + 2 * state
+    )  # dt_low, B, C are slices, as in VMamba
     dt_low, B, C = torch.split(x_dbl, [rank, state, state], dim=3)
     dt_weight = randn(k, inner, rank) * dt_scale
     dt_bias = randn(k, inner) * dt_scale - 2.0
@@ -60,7 +62,9 @@ def _inputs(
 
 def _kernel_or_skip():
     kernel = cross_scan_module.cpu_kernel()
-    if kernel is None:  # PDD_CPU_KERNEL=1 (as in CI) turns a failed build into an error instead
+    if (
+        kernel is None
+    ):  # PDD_CPU_KERNEL=1 (as in CI) turns a failed build into an error instead
         pytest.skip("the fused CPU scan kernel is not available on this machine")
     return kernel
 
@@ -97,7 +101,9 @@ def test_kernel_is_exact_to_float32_over_wide_ranges() -> None:
     """Decays from ~1 to far below float32's range, dt from ~1e-9 to softplus' linear regime."""
     _kernel_or_skip()
     for dt_scale, decay_scale in [(0.1, 1.0), (6.0, 1.0), (3.0, 1e3), (20.0, 0.01)]:
-        inputs = _inputs(2, 8, 6, 24, 16, 4, seed=1, dt_scale=dt_scale, decay_scale=decay_scale)
+        inputs = _inputs(
+            2, 8, 6, 24, 16, 4, seed=1, dt_scale=dt_scale, decay_scale=decay_scale
+        )
         expected = _cross_scan_gathered(*inputs, 8, 6, False)
         with torch.no_grad():
             out = cross_selective_scan(*(t.float() for t in inputs), 8, 6)
@@ -112,7 +118,9 @@ def test_kernel_is_exact_to_float32_over_wide_ranges() -> None:
 def test_bf16_inputs_are_widened() -> None:
     _kernel_or_skip()
     inputs = _inputs(1, 4, 4, 16, 16, 3)
-    expected = _cross_scan_gathered(*(t.bfloat16().double() for t in inputs), 4, 4, False)
+    expected = _cross_scan_gathered(
+        *(t.bfloat16().double() for t in inputs), 4, 4, False
+    )
     with torch.no_grad():
         out = cross_selective_scan(*(t.bfloat16() for t in inputs), 4, 4)
     assert out.dtype == torch.float32
@@ -121,7 +129,9 @@ def test_bf16_inputs_are_widened() -> None:
 
 def test_kernel_rejects_mismatched_shapes_instead_of_reading_out_of_bounds() -> None:
     kernel = _kernel_or_skip()
-    u, dt_low, B, C, dt_weight, dt_bias, A, D = (t.float() for t in _inputs(1, 4, 4, 16, 16, 3))
+    u, dt_low, B, C, dt_weight, dt_bias, A, D = (
+        t.float() for t in _inputs(1, 4, 4, 16, 16, 3)
+    )
     args = {
         "u": u,
         "dt_low": dt_low.contiguous(),
@@ -186,7 +196,9 @@ def test_float64_never_uses_kernel(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("state", "rank"), [(65, 2), (4, 129)])
-def test_sizes_beyond_the_kernel_take_the_pytorch_path(monkeypatch, state: int, rank: int) -> None:
+def test_sizes_beyond_the_kernel_take_the_pytorch_path(
+    monkeypatch, state: int, rank: int
+) -> None:
     counting = _CountingKernel(None)
     monkeypatch.setattr(cross_scan_module, "cpu_kernel", lambda: counting)
     inputs = _inputs(1, 2, 3, 16, state, rank)
@@ -212,15 +224,21 @@ def test_kernel_can_be_switched_off(fresh_kernel_cache, monkeypatch) -> None:
 
 
 def _failing_build(*args, **kwargs):
-    raise RuntimeError("Error building extension 'pdd_cross_scan': g++: command not found")
+    raise RuntimeError(
+        "Error building extension 'pdd_cross_scan': g++: command not found"
+    )
 
 
-def test_failed_build_warns_and_falls_back(fresh_kernel_cache, monkeypatch, tmp_path) -> None:
+def test_failed_build_warns_and_falls_back(
+    fresh_kernel_cache, monkeypatch, tmp_path
+) -> None:
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("PDD_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", _failing_build)
-    with pytest.warns(RuntimeWarning, match="g\\+\\+: command not found.*slower PyTorch scan"):
+    with pytest.warns(
+        RuntimeWarning, match="g\\+\\+: command not found.*slower PyTorch scan"
+    ):
         assert cross_scan_module.cpu_kernel() is None
     # The PyTorch path still answers.
     inputs = _inputs(1, 4, 4, 16, 16, 3)
@@ -230,7 +248,9 @@ def test_failed_build_warns_and_falls_back(fresh_kernel_cache, monkeypatch, tmp_
     torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_failed_build_is_an_error_when_required(fresh_kernel_cache, monkeypatch, tmp_path) -> None:
+def test_failed_build_is_an_error_when_required(
+    fresh_kernel_cache, monkeypatch, tmp_path
+) -> None:
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("PDD_CACHE_DIR", str(tmp_path))
@@ -238,7 +258,9 @@ def test_failed_build_is_an_error_when_required(fresh_kernel_cache, monkeypatch,
     monkeypatch.setattr(cpp_extension, "load", _failing_build)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on the way to the error
-        with pytest.raises(PDDError, match="PDD_CPU_KERNEL=1.*g\\+\\+: command not found"):
+        with pytest.raises(
+            PDDError, match="PDD_CPU_KERNEL=1.*g\\+\\+: command not found"
+        ):
             cross_scan_module.cpu_kernel()
 
 
@@ -247,3 +269,60 @@ def test_kernel_required_in_ci() -> None:
     if os.environ.get("PDD_CPU_KERNEL") != "1":
         pytest.skip("PDD_CPU_KERNEL=1 is not set")
     assert cross_scan_module.cpu_kernel() is not None
+
+
+def test_kernel_stays_exact_over_long_sequences_of_slow_decays() -> None:
+    """4096 steps with decays within 1e-3 of 1, as VMamba's first stage: a bias of one float32 ulp
+    in the kernel's exp near 0 compounds over the sequence (it gave 5x today's error)."""
+    _kernel_or_skip()
+    inputs = list(_inputs(1, 64, 64, 16, 16, 2, seed=2))
+    inputs[5] = torch.full_like(inputs[5], -7.0)  # dt_bias: dt ~ 1e-3
+    inputs[6] = inputs[6] / inputs[6].abs().max()  # A in [-1, 0)
+    expected = _cross_scan_gathered(*inputs, 64, 64, False)
+    with torch.no_grad():
+        out = cross_selective_scan(*(t.float() for t in inputs), 64, 64)
+    error = (out.double() - expected).abs().max().item()
+    assert error <= 2e-6 * expected.abs().max().item(), error
+
+
+def _isa_paths() -> list[tuple[str, tuple[str, ...]]]:
+    """Every vector path this CPU can run: extra compiler flags and the path they select."""
+    if cross_scan_module.platform.machine().lower() not in {"x86_64", "amd64"}:
+        return [("portable", ())]
+    flags = cross_scan_module._cpu_flags().split()
+    paths = [("portable", ("-mno-avx2",))]
+    if {"avx2", "fma"} <= set(flags):
+        paths.append(("avx2", ("-mno-avx512f",)))
+    if {"avx512f", "avx512dq"} <= set(flags):
+        paths.append(("avx512", ()))
+    return paths
+
+
+@pytest.mark.parametrize(("isa", "extra_flags"), _isa_paths())
+def test_every_vector_path_matches_float64(
+    isa: str, extra_flags: tuple[str, ...]
+) -> None:
+    """The AVX-512, AVX2 and portable builds (each one this CPU runs) against the float64 scan:
+    the native build alone would leave the other paths unchecked on this machine."""
+    if os.environ.get("PDD_CPU_KERNEL", "").lower() in {"0", "off", "false", "no"}:
+        pytest.skip("the fused CPU kernel is switched off")
+    kernel = cross_scan_module.build_kernel(extra_flags)
+    assert kernel.vector_isa() == isa
+    for shape in [(2, 3, 5, 20, 16, 2), (1, 8, 8, 64, 16, 4), (2, 6, 4, 100, 5, 7)]:
+        inputs = _inputs(*shape)
+        height, width = shape[1], shape[2]
+        u, dt_low, B, C, dt_weight, dt_bias, A, D = (t.float() for t in inputs)
+        out = kernel.cross_scan_forward(
+            u,
+            dt_low,
+            B,
+            C,
+            dt_weight.transpose(1, 2).contiguous(),
+            dt_bias,
+            A.transpose(1, 2).contiguous(),
+            D,
+            height,
+            width,
+        )
+        expected = _cross_scan_gathered(*inputs, height, width, False)
+        torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)

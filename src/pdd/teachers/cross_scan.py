@@ -20,8 +20,9 @@ every tensor contiguous.
 
 * the fused CPU kernel (``csrc/cross_scan.cpp``; float32, forward only: the frozen teacher), which
   walks each direction in place with a block of states in L1, one pass instead of ~8, computes dt
-  on the fly and adds straight into the merged output. It is compiled on first use with PyTorch's
-  C++ extension builder (needs g++ with OpenMP and ninja; ~20 s once, cached under
+  on the fly and adds straight into the merged output. It is vectorised explicitly for AVX-512 and
+  AVX2 (scalar loops elsewhere; :func:`build_kernel` builds any of these paths on one machine) and
+  compiled on first use with PyTorch's C++ extension builder (needs g++ with OpenMP and ninja; ~20 s once, cached under
   ``<pdd cache>/kernels/<name>-torch<version>``, see :func:`pdd.teachers.weights.cache_dir`; the
   name hashes everything the binary depends on, :func:`build_inputs`: CPU flags, compiler and its
   flags, the kernel source, torch's version, git hash, install path and C++ ABI, Python's version). ``PDD_CPU_KERNEL=0`` turns
@@ -39,6 +40,7 @@ import logging
 import os
 import platform
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -49,7 +51,14 @@ from pdd.cache_root import cache_dir
 from pdd.errors import PDDError
 from pdd.teachers.selective_scan import selective_scan, selective_scan_traceable
 
-__all__ = ["build_folder", "build_inputs", "cpu_kernel", "cross_selective_scan", "visit_order"]
+__all__ = [
+    "build_folder",
+    "build_inputs",
+    "build_kernel",
+    "cpu_kernel",
+    "cross_selective_scan",
+    "visit_order",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,9 @@ def cross_selective_scan(
     inputs = (u, dt_low, B, C, dt_weight, dt_bias, A, D)
     exporting = torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    fits_kernel = A.shape[2] <= _KERNEL_MAX_STATE and dt_low.shape[-1] <= _KERNEL_MAX_RANK
+    fits_kernel = (
+        A.shape[2] <= _KERNEL_MAX_STATE and dt_low.shape[-1] <= _KERNEL_MAX_RANK
+    )
     if (
         fits_kernel
         and not exporting
@@ -213,31 +224,8 @@ def cpu_kernel() -> ModuleType | None:
     setting = os.environ.get(_ENV, "auto").strip().lower()
     if setting in {"0", "off", "false", "no"}:
         return None
-    # Importing the builder logs "No CUDA runtime is found" on CPU-only machines: noise here.
-    builder_log = logging.getLogger("torch.utils.cpp_extension")
-    level = builder_log.level
-    builder_log.setLevel(logging.ERROR)
     try:
-        from torch.utils import cpp_extension
-    finally:
-        builder_log.setLevel(level)
-
-    flags = _compiler_flags()
-    name, build = build_folder(build_inputs(flags))
-    binary = build / f"{name}.so"
-    if not binary.exists():
-        log.warning("compiling the fused CPU scan kernel into %s (once, ~20 s)", build)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            build.mkdir(parents=True, exist_ok=True)
-            return cpp_extension.load(
-                name,
-                [str(_SOURCE)],
-                extra_cflags=flags,
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build),
-            )
+        return build_kernel()
     except Exception as error:  # compiler missing, no OpenMP, unsupported platform, ...
         if setting in {"1", "on", "true", "yes", "required"}:
             raise PDDError(
@@ -251,3 +239,36 @@ def cpu_kernel() -> ModuleType | None:
             stacklevel=2,
         )
         return None
+
+
+def build_kernel(extra_flags: Sequence[str] = ()) -> ModuleType:
+    """Compile the kernel (or load its cached build); raises when it does not build.
+
+    ``extra_flags`` are appended to the compiler flags: ``-mno-avx512f`` builds the AVX2 path and
+    ``-mno-avx2`` the portable one on an AVX-512 machine, so that tests and ``bench_scan.py`` check
+    and time every path the kernel has (``vector_isa()`` names the one a build took).
+    """
+    # Importing the builder logs "No CUDA runtime is found" on CPU-only machines: noise here.
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        builder_log.setLevel(level)
+
+    flags = [*_compiler_flags(), *extra_flags]
+    name, build = build_folder(build_inputs(flags))
+    binary = build / f"{name}.so"
+    if not binary.exists():
+        log.warning("compiling the fused CPU scan kernel into %s (once, ~20 s)", build)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(
+            name,
+            [str(_SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+        )
