@@ -134,3 +134,50 @@ def _memory_released_after_each_module() -> Iterator[None]:
     """Module-scoped fixtures (fitted runs, built models) are torn down before this one."""
     yield
     _release_memory()
+
+
+# --------------------------------------------------------------------------- memory report
+
+# ``PDD_TEST_MEMORY=1 python -m pytest tests/<dir>`` ends with the tests and files that peaked
+# highest or left the most memory behind (Linux): how to find what holds memory across tests
+# without running the whole suite.
+MEMORY_REPORT_ENV = "PDD_TEST_MEMORY"
+_memory_rows: list[tuple[str, int, int, int]] = []  # (test id, RSS before, peak, RSS after) in MB
+
+
+def _status_mb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    if os.environ.get(MEMORY_REPORT_ENV) != "1":
+        yield
+        return
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+        clear_refs.write("5")  # restart the peak (VmHWM) at this test's start
+    before = _status_mb("VmRSS")
+    yield
+    _memory_rows.append((item.nodeid, before, _status_mb("VmHWM"), _status_mb("VmRSS")))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _memory_rows:
+        return
+    write = terminalreporter.write_line
+    by_file: dict[str, list[tuple[str, int, int, int]]] = {}
+    for row in _memory_rows:
+        by_file.setdefault(row[0].split("::")[0], []).append(row)
+    write(f"\nmemory per file (MB; {MEMORY_REPORT_ENV}=1): peak, RSS before -> after")
+    for name, rows in sorted(by_file.items(), key=lambda kv: -max(r[2] for r in kv[1])):
+        write(f"  {max(r[2] for r in rows):6d}  {rows[0][1]:6d} -> {rows[-1][3]:6d}  {name}")
+    write("tests with the highest peak (MB): peak, RSS before -> after")
+    for nodeid, before, peak, after in sorted(_memory_rows, key=lambda r: -r[2])[:12]:
+        write(f"  {peak:6d}  {before:6d} -> {after:6d}  {nodeid}")
+    write("tests that left the most behind (MB): growth, RSS before -> after")
+    for nodeid, before, _peak, after in sorted(_memory_rows, key=lambda r: r[1] - r[3])[:8]:
+        write(f"  {after - before:+6d}  {before:6d} -> {after:6d}  {nodeid}")
