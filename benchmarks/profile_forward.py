@@ -235,7 +235,8 @@ def compile_rows(batch: int, repeats: int) -> list[list[object]]:
         for variant, freezing in (("compile", False), ("compile + freezing", True)):
             with fresh_cache():
                 cold, _ = first_call_seconds(head, features, freezing)
-                warm, calls[variant] = first_call_seconds(head, features, freezing)
+                warm, compiled = first_call_seconds(head, features, freezing)
+            calls[variant] = lambda compiled=compiled: compiled(features)
             compile_seconds[variant] = (cold, warm)
         differences = {}
         for variant, call in calls.items():
@@ -266,7 +267,11 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(threads=2, repeats=5)
     p.add_argument(
-        "--presets", nargs="+", default=["pdd", "rd4ad"], choices=sorted(COMPONENTS)
+        "--presets",
+        nargs="*",
+        default=["pdd", "rd4ad"],
+        choices=sorted(COMPONENTS),
+        help="models to profile (none: only the --compile table)",
     )
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--gemm-sizes", type=int, nargs="+", default=[1024, 2048])
@@ -289,20 +294,21 @@ def main() -> None:
         for batch in args.batches:
             rows += profile_model(preset, batch, args.repeats, gemm)
             print(f"  {preset} batch {batch} done ({load_average()})", flush=True)
-    print(
-        f"\nmedian of {args.repeats} interleaved rounds; {SIZE}x{SIZE}, float32, eval, no grad\n"
-    )
-    headers = [
-        "model",
-        "batch",
-        "component",
-        "ms/image",
-        "% of forward",
-        "GFLOP/image",
-        "GFLOP/s",
-        "% of GEMM ceiling",
-    ]
-    print(table(headers, rows), flush=True)
+    if rows:
+        print(
+            f"\nmedian of {args.repeats} interleaved rounds; {SIZE}x{SIZE}, float32, eval, no grad\n"
+        )
+        headers = [
+            "model",
+            "batch",
+            "component",
+            "ms/image",
+            "% of forward",
+            "GFLOP/image",
+            "GFLOP/s",
+            "% of GEMM ceiling",
+        ]
+        print(table(headers, rows), flush=True)
     if args.compile:
         compiled = []
         for batch in args.batches:
