@@ -105,9 +105,10 @@ def _assert_same(cached: Any, reference: Any) -> None:
     ],
 )
 def test_cached_training_equals_uncached(
-    preset: str, changes: dict[str, Any], phantoms: Path, tmp_path: Path
+    preset: str, changes: dict[str, Any], phantoms: Path, tmp_path: Path, release_memory: Any
 ) -> None:
     reference = _train(preset, phantoms, tmp_path / "off", None, **changes)
+    release_memory()  # the two trainings' peaks do not add
     memory = FeatureCache("memory", 11, batch_size=BATCH)
     cached = _train(preset, phantoms, tmp_path / "memory", memory, **changes)
     _assert_same(cached, reference)
@@ -116,11 +117,13 @@ def test_cached_training_equals_uncached(
 
 
 def test_disk_cached_training_equals_uncached_and_serves_the_next_fit(
-    phantoms: Path, tmp_path: Path
+    phantoms: Path, tmp_path: Path, release_memory: Any
 ) -> None:
     reference = _train("rd4ad", phantoms, tmp_path / "off", None)
+    release_memory()  # the trainings' peaks do not add
     disk = FeatureCache("disk", 11, batch_size=BATCH)
     _assert_same(_train("rd4ad", phantoms, tmp_path / "disk", disk), reference)
+    release_memory()
     assert (disk.misses, disk.hits) == (11, 22)
     # A second fit over the same images and teachers finds everything on disk.
     again = FeatureCache("disk", 11, batch_size=BATCH)
@@ -307,7 +310,11 @@ def test_joint_fit_with_the_cache_equals_one_without(
 
 
 def test_a_resumed_fit_with_the_cache_equals_an_uninterrupted_one_without(
-    real_options: Any, phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real_options: Any,
+    phantoms: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    release_memory: Any,
 ) -> None:
     """Crash in the middle of epoch 1, the in-memory features lost as in a killed process, then
     ``resume``: epoch 2's part-cached batches are recomputed whole, epoch 3 is served from the
@@ -329,11 +336,13 @@ def test_a_resumed_fit_with_the_cache_equals_an_uninterrupted_one_without(
         )
 
     reference = fit(run_options(tmp_path / "off", "off"))
+    release_memory()  # the three runs' peaks do not add
     out = tmp_path / "run"
     crash_at(monkeypatch, 2)  # 14 images, batches of 4: 4 steps per epoch
     with pytest.raises(Crash):
         fit(run_options(out, "auto"))
     feature_cache.clear_memory()
+    release_memory()
     monkeypatch.setattr(runner, "build_trainer", TRAINER)
     assert resume(out, progress=False) == out
     assert_same_run(out, reference)
