@@ -18,6 +18,9 @@ Candidates (issue 18, part 2):
   (batch 1), against both in turn with all threads.
 - ``frozen``: the Wide-ResNet teacher and the two students traced, ``torch.jit.freeze``'d and
   ``torch.jit.optimize_for_inference``'d (oneDNN weights prepacked once), batch 1 and 8.
+- ``inductor``: the Wide-ResNet teacher under ``torch.compile`` with inductor's freezing (conv + BN
+  folded, oneDNN weights prepacked, pointwise ops fused), the rest as today; batch 1 and 8. Needs a
+  C++ compiler; the first call per batch shape compiles.
 """
 
 from __future__ import annotations
@@ -269,10 +272,47 @@ def bench_frozen(model: PDD, args) -> None:
             )
 
 
+def bench_inductor(model: PDD, args) -> None:
+    """Wide-ResNet teacher under ``torch.compile`` with inductor's freezing (its weights become
+    constants: conv + BN folded, oneDNN weights prepacked); the rest of the forward as today."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    wrn = torch.compile(model.teachers[CNN_TEACHER], dynamic=False)
+
+    def forward_compiled(images: Tensor) -> tuple[Tensor, Tensor]:
+        features = {f"{CNN_TEACHER}.{i + 1}": y for i, y in enumerate(wrn(images))}
+        z = model.teachers[SSM_TEACHER](images)
+        features.update({f"{SSM_TEACHER}.{i + 1}": v for i, v in enumerate(z)})
+        targets, unified = model.targets_from_features(features)
+        pairs = [
+            (s, t)
+            for student in model.student_features(unified, targets)
+            for s, t in zip(student, targets)
+        ]
+        return model.anomaly_map(pairs, (images.shape[-2], images.shape[-1]))
+
+    with torch.inference_mode():
+        for batch in args.batches:
+            x = torch.randn(batch, 3, args.size, args.size)
+            start = time.perf_counter()
+            diff = relative_difference(model(x), forward_compiled(x))
+            compile_s = time.perf_counter() - start
+            timing = interleaved(
+                lambda x=x: model(x), lambda x=x: forward_compiled(x), args.pairs
+            )
+            print(
+                f"inductor-frozen WRN b{batch}: {timing}; diff {diff:.1e}; first call incl. "
+                f"compile {compile_s:.0f} s; load {load()}",
+                flush=True,
+            )
+
+
 CANDIDATES = {
     "fused": bench_fused,
     "concurrent": bench_concurrent,
     "frozen": bench_frozen,
+    "inductor": bench_inductor,
 }
 
 
