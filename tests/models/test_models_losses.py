@@ -90,3 +90,63 @@ def test_rd4ad_loss_sums_levels_of_mean_one_minus_cos() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="level 1"):
         losses.student1_loss([torch.zeros(1, 2, 2, 2)], [torch.zeros(1, 2, 4, 4)], 1.0)
+
+
+def test_sample_cosine_gradient_passes_gradcheck() -> None:
+    """The hand-written backward against finite differences, in float64."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, 5, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(3, 4, 5, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(losses.sample_cosine, (a, b))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sample_cosine_matches_torch_cosine_forward_and_backward(
+    channels_last: bool,
+) -> None:
+    """Value and both gradients equal ``F.cosine_similarity`` on flattened maps, including a
+    sample whose first map is all zeros (its norm clamped at eps, as torch clamps it)."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 8, 6, 6, generator=gen)
+    b = torch.randn(4, 8, 6, 6, generator=gen)
+    a[2] = 0.0
+    if channels_last:
+        a = a.to(memory_format=torch.channels_last)
+        b = b.to(memory_format=torch.channels_last)
+    weights = torch.randn(4, generator=gen)
+
+    def value_and_grads(cosine):  # type: ignore[no-untyped-def]
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        value = cosine(x, y)
+        (value * weights).sum().backward()
+        return value.detach(), x.grad, y.grad
+
+    ours = value_and_grads(losses.sample_cosine)
+    reference = value_and_grads(
+        lambda x, y: torch.nn.functional.cosine_similarity(
+            x.flatten(1), y.flatten(1), dim=1
+        )
+    )
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert ours[0][2].item() == 0.0
+
+
+def test_sample_cosine_below_eps_has_no_gradient_through_the_norm() -> None:
+    """|a| < eps: cos = <a, b> / (eps |b|) with a constant denominator, so d cos / d a is
+    b / (eps |b|) by hand (torch's own cosine gives another value there)."""
+    b = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    a = torch.tensor([[2e-9, -1e-9]], dtype=torch.float64, requires_grad=True)
+    b.requires_grad_()
+    cos = losses.sample_cosine(a, b)
+    cos.sum().backward()
+    assert cos.item() == pytest.approx((6e-9 - 4e-9) / (1e-8 * 5.0))
+    torch.testing.assert_close(a.grad, b.detach() / (1e-8 * 5.0))
+    # d cos / d b keeps its own-norm term: b's norm is not clamped.
+    expected_b = a.detach() / (1e-8 * 5.0) - cos.detach() * b.detach() / 25.0
+    torch.testing.assert_close(b.grad, expected_b)
+
+
+def test_sample_cosine_rejects_maps_of_different_shapes() -> None:
+    with pytest.raises(ValueError, match="one shape"):
+        losses.sample_cosine(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 5))

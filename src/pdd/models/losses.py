@@ -8,7 +8,7 @@ average it over the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,58 @@ def _check_pairs(a: Sequence[Tensor], b: Sequence[Tensor]) -> None:
             )
 
 
+_EPS = 1e-8  # as F.cosine_similarity: each norm clamped at eps
+
+
+class _SampleCosine(torch.autograd.Function):
+    """Per-sample cosine with a hand-written backward of two full-size passes per input.
+
+    ``F.cosine_similarity`` on [B, C*H*W] vectors makes several full-size temporaries forward and
+    backward (divisions by the broadcast norms, their products), and ``flatten`` copies a
+    channels-last map first; in a PDD training step on cached features that was about 40 % of the
+    time. Here the forward is three reductions over the map as it lies in memory (summed blockwise,
+    more accurate than the flattened dot), and the gradient of cos = <a, b> / (|a| |b|) is
+    d cos / d a = b / (|a| |b|) - cos a / |a|^2, one scaled add per input.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        dims = tuple(range(1, a.dim()))
+        norm_a = torch.linalg.vector_norm(a, dim=dims)
+        norm_b = torch.linalg.vector_norm(b, dim=dims)
+        clamped_a, clamped_b = norm_a.clamp_min(_EPS), norm_b.clamp_min(_EPS)
+        cosine = (a * b).sum(dims) / (clamped_a * clamped_b)
+        ctx.save_for_backward(a, b, norm_a, norm_b, clamped_a, clamped_b, cosine)
+        return cosine
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        a, b, norm_a, norm_b, clamped_a, clamped_b, cosine = ctx.saved_tensors
+        shape = (-1,) + (1,) * (a.dim() - 1)
+        cross = (grad / (clamped_a * clamped_b)).view(shape)
+
+        def own(norm: Tensor, clamped: Tensor) -> Tensor:
+            # A norm clamped at eps is a constant: no gradient through it.
+            return torch.where(norm > _EPS, -grad * cosine / clamped**2, 0.0).view(
+                shape
+            )
+
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.addcmul(b * cross, a, own(norm_a, clamped_a))
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.addcmul(a * cross, b, own(norm_b, clamped_b))
+        return grad_a, grad_b
+
+
 def sample_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample cosine similarity of two feature maps flattened to vectors: shape [B]."""
-    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+    """Per-sample cosine similarity of two feature maps, each taken as one vector: shape [B]."""
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(
+            f"sample_cosine needs two [B, ...] tensors of one shape, got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}"
+        )
+    return _SampleCosine.apply(a, b)
 
 
 def student1_loss(
