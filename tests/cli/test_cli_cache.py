@@ -17,7 +17,9 @@ def test_list_then_clear_features(
     monkeypatch.setenv("PDD_CACHE_DIR", str(tmp_path))
     store = DiskStore(features_dir(tmp_path), limit=1 << 30)
     for key in ("a" * 64, "b" * 64):
-        store.put(key, {"teacher.1": (torch.ones(4, 2, 2), (0, 1, 2, 3))})
+        store.put(
+            key, {"teacher.1": (torch.ones(4, 2, 2), (0, 1, 2, 3), torch.float32)}
+        )
     (tmp_path / "kernels" / "build-1").mkdir(parents=True)
     (tmp_path / "kernels" / "build-1" / "kernel.so").write_bytes(b"x" * 10)
 
