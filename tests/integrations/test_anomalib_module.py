@@ -100,6 +100,9 @@ def test_pdd_runs_under_anomalib_engine_and_its_maps_equal_ours(
     their_scores = np.array([theirs[p][1] for p in paths])
     span = float(scored.maps.max() - scored.maps.min())
     assert span > 0
-    np.testing.assert_allclose(their_maps, scored.maps, rtol=0, atol=1e-5 * span)
-    np.testing.assert_allclose(their_scores, scored.scores, rtol=0, atol=1e-5 * span)
+    # 1e-4 of the map range, the project's equality bound for maps: the two data paths batch the
+    # images differently, and oneDNN's kernels for other batch sizes round differently (a 1-ulp
+    # difference at 32 px on an AVX-512 EPYC exceeded 1e-5 of that small random-teacher span).
+    np.testing.assert_allclose(their_maps, scored.maps, rtol=0, atol=1e-4 * span)
+    np.testing.assert_allclose(their_scores, scored.scores, rtol=0, atol=1e-4 * span)
 

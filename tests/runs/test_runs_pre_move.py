@@ -149,7 +149,11 @@ def test_pre_move_interrupted_predict_resumes_and_equals_a_fresh_run(
     for old_name, fresh_name in overlays:
         old_pixels = np.asarray(Image.open(run / old_name), dtype=np.int16)
         new_pixels = np.asarray(Image.open(fresh / fresh_name), dtype=np.int16)
-        assert np.abs(old_pixels - new_pixels).max() <= 1, old_name
+        # The old overlays were drawn on another CPU: a map value on a colormap step's edge may
+        # land one step over (seen: one value of 4800 off by 2 on an AVX-512 EPYC). A wrong scale or
+        # map moves most pixels.
+        difference = np.abs(old_pixels - new_pixels)
+        assert difference.max() <= 3 and (difference > 1).mean() < 0.01, old_name
 
 
 def _rows_no_header(run: Path) -> list[dict[str, str]]:
