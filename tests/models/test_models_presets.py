@@ -17,6 +17,7 @@ from pdd import create_model, list_presets
 from pdd.errors import CheckpointError, WeightsError
 from pdd.models import AnomalyModel
 from pdd.models.pdd import PDD, Student
+from pdd.models.size import check_parameter_budget
 
 SMALL_VMAMBA = {"dims": 8, "depths": [1, 1, 1, 1], "ssm_d_state": 4}
 SMALL = {
@@ -38,25 +39,38 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, AnomalyModel]:
-    """One model per preset, built on first use and shared by this file's tests."""
+    """The last ``KEEP_MODELS`` models built, shared by this file's tests."""
     return {}
+
+
+KEEP_MODELS = 2  # built models kept for later tests; a test holds what it uses itself
 
 
 def get(models: dict[str, AnomalyModel], preset: str) -> AnomalyModel:
     if preset not in models:
+        while len(models) >= KEEP_MODELS:
+            models.pop(next(iter(models)))
         models[preset] = create_model(preset, **SMALL)
     return models[preset]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def preset_model(
+    request: pytest.FixtureRequest, models: dict[str, AnomalyModel]
+) -> Iterator[AnomalyModel]:
+    """Each preset's model for the per-preset tests, freed after them: pytest runs all tests of
+    one module-scoped parameter before building the next, so ten models never live at once (they
+    took the suite's peak to 8.5 GB)."""
+    yield get(models, request.param)
+    models.pop(request.param, None)
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_output_shapes_small_and_256(
-    models: dict[str, AnomalyModel], preset: str
-) -> None:
-    model = get(models, preset).eval()
+def test_output_shapes_small_and_256(preset_model: AnomalyModel) -> None:
+    model = preset_model.eval()
     with torch.no_grad():
         for batch, size in ((2, 64), (1, 256)):
             maps, scores = model(torch.randn(batch, 3, size, size))
@@ -65,10 +79,9 @@ def test_output_shapes_small_and_256(
             torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_training_step(models: dict[str, AnomalyModel], preset: str) -> None:
+def test_training_step(preset_model: AnomalyModel) -> None:
     """Every trainable parameter gets a gradient; one Adam step moves them and never the teachers."""
-    model = get(models, preset).train()
+    model = preset_model.train()
     teacher_state = {k: v.clone() for k, v in model.teachers.state_dict().items()}
     params = trainable(model)
     assert params and all(not name.startswith("teachers.") for name in params)
@@ -140,13 +153,16 @@ def test_shared_and_separate_students(models: dict[str, AnomalyModel]) -> None:
 
 
 def test_ablations_remove_what_they_name(models: dict[str, AnomalyModel]) -> None:
+    # Each model is looked at and let go (``get`` keeps the last two): six at once took 3 GB.
     full = get(models, "pdd")
     assert set(full.teachers) == {"wide_resnet50_2", "vmamba_tiny_v0"}
     assert full.ina is not None and full.mmu is not None and full.prior is not None
+    del full
 
     one_teacher = get(models, "pdd-one-teacher")
     assert set(one_teacher.teachers) == {"wide_resnet50_2"}
     assert one_teacher.ina is None and one_teacher.mmu is None
+    del one_teacher
 
     no_ina = get(models, "pdd-no-ina")
     assert no_ina.ina is None and no_ina.mmu is not None
@@ -156,22 +172,28 @@ def test_ablations_remove_what_they_name(models: dict[str, AnomalyModel]) -> Non
         targets, _ = no_ina.targets(x)
         y = no_ina.teachers["wide_resnet50_2"](x)
     assert all(torch.equal(f, t) for f, t in zip(targets, y[:3]))
+    del no_ina, targets, y
 
     no_mpa = get(models, "pdd-no-mpa")
     assert no_mpa.prior is None and not any("prior" in n for n in no_mpa.state_dict())
     assert len(no_mpa.students) == 2
+    del no_mpa
 
     one_student = get(models, "pdd-one-student")
     assert len(one_student.students) == 1 and one_student.prior is not None
+    assert isinstance(one_student.students[0], Student)
+    del one_student
     chain_step = get(models, "pdd-one-student-no-mpa")
     assert len(chain_step.students) == 1 and chain_step.prior is None
+    del chain_step
 
+    # Trainable sizes from meta-device skeletons (shapes only, no memory).
     sizes = {
-        p: sum(t.numel() for t in trainable(get(models, p)).values()) for p in PRESETS
+        p: sum(t.numel() for t in trainable(check_parameter_budget(p, SMALL)).values())
+        for p in PRESETS
     }
     assert sizes["pdd-one-student-no-mpa"] < sizes["pdd-one-student"] < sizes["pdd"]
     assert sizes["pdd-no-div"] == sizes["pdd"]
-    assert isinstance(get(models, "pdd-one-student").students[0], Student)
 
 
 def test_checkpoint_round_trip_and_teacher_identity(
