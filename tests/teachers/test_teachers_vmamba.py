@@ -249,3 +249,44 @@ def test_bf16_autocast_on_gpu(small_model: VMambaBackbone, small_case: dict) -> 
     for ours, ref in zip(features, small_case["features"]):
         assert torch.isfinite(ours).all()
         assert (ours.float().cpu() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16, 32), (3, 300, 24), (1, 8, 8, 32)])
+def test_projections_through_onednn_equal_torchs_linear(shape: tuple[int, ...]) -> None:
+    """``conv_backend.linear`` (a oneDNN 1x1 convolution from ``ONEDNN_MIN_ROWS`` rows, ``F.linear``
+    below) gives ``F.linear``'s result and shape, for channels-last maps, token rows, a strided
+    slice (``chunk``'s half of a wider tensor, as VMamba's ``in_proj`` output is split) and few rows.
+    The float32 golden test above runs stage 1 of the official fixture (2 x 16 x 16 = 512 rows)
+    through the oneDNN path, so it also checks it against the official code."""
+    from pdd import conv_backend
+
+    generator = torch.Generator().manual_seed(3)
+    wide = torch.randn(*shape[:-1], 2 * shape[-1], generator=generator)
+    x = wide.chunk(2, dim=-1)[1]
+    weight = torch.randn(40, shape[-1], generator=generator)
+    ours = conv_backend.linear(x, weight)
+    assert ours.shape == (*shape[:-1], 40) and ours.is_contiguous()
+    torch.testing.assert_close(ours, torch.nn.functional.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert 2 * 16 * 16 >= conv_backend.ONEDNN_MIN_ROWS
+
+
+def test_projections_take_onednn_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many float32 CPU rows: one 1x1 convolution; few rows, float64 or oneDNN disabled: GEMM."""
+    from pdd import conv_backend
+
+    calls: list[str] = []
+    real_conv2d, real_linear = torch.nn.functional.conv2d, torch.nn.functional.linear
+    monkeypatch.setattr(
+        conv_backend.F, "conv2d", lambda *a, **k: calls.append("onednn") or real_conv2d(*a, **k)
+    )
+    monkeypatch.setattr(
+        conv_backend.F, "linear", lambda *a, **k: calls.append("gemm") or real_linear(*a, **k)
+    )
+    weight = torch.randn(8, 16)
+    rows = conv_backend.ONEDNN_MIN_ROWS
+    conv_backend.linear(torch.randn(rows, 16), weight)
+    conv_backend.linear(torch.randn(rows - 1, 16), weight)
+    conv_backend.linear(torch.randn(rows, 16, dtype=torch.float64), weight.double())
+    with torch.backends.mkldnn.flags(enabled=False):
+        conv_backend.linear(torch.randn(rows, 16), weight)
+    assert calls == ["onednn", "gemm", "gemm", "gemm"]

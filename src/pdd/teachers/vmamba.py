@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pdd import conv_backend
 from pdd.errors import ConfigError
 from pdd.teachers.cross_scan import cross_selective_scan
 
@@ -89,6 +90,17 @@ class _ChannelsLast(nn.Module):
         return x.permute(0, 2, 3, 1)
 
 
+class _Linear(nn.Linear):
+    """``nn.Linear`` without bias (same parameter names), run through ``pdd.conv_backend.linear``:
+    oneDNN on the CPU over many rows, where it is faster than the default GEMM."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_backend.linear(x, self.weight)
+
+
 class _PatchMerge(nn.Module):
     """2x2 space-to-channel on BHWC in VMamba's order: (even,even), (odd,even), (even,odd), (odd,odd)."""
 
@@ -122,7 +134,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(k * inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.in_proj = _Linear(dim, 2 * inner)
         self.conv2d = (
             nn.Conv2d(
                 inner,
@@ -136,7 +148,7 @@ class SS2D(nn.Module):
             else None
         )
         self.out_norm = nn.LayerNorm(inner)
-        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.out_proj = _Linear(inner, dim)
         self._init_ssm()
 
     @torch.no_grad()
@@ -164,7 +176,8 @@ class SS2D(nn.Module):
         # orders of visiting these positions (pdd.teachers.cross_scan), never separate copies.
         u = F.silu(x).reshape(batch, height * width, inner)
         # x_proj of all four directions as one GEMM (an einsum here becomes a slower bmm).
-        x_dbl = F.linear(u, self.x_proj_weight.reshape(-1, inner)).view(batch, height * width, k, -1)
+        x_dbl = conv_backend.linear(u, self.x_proj_weight.reshape(-1, inner))
+        x_dbl = x_dbl.view(batch, height * width, k, -1)
         dt_low, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=3)
         scan_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = cross_selective_scan(
@@ -198,7 +211,7 @@ class VSSBlock(nn.Module):
 def _downsample(dim: int) -> nn.Sequential:
     """Patch merging v1: 2x2 space-to-channel, LayerNorm(4C), Linear 4C -> 2C without bias."""
     return nn.Sequential(
-        _PatchMerge(), nn.LayerNorm(4 * dim), nn.Linear(4 * dim, 2 * dim, bias=False)
+        _PatchMerge(), nn.LayerNorm(4 * dim), _Linear(4 * dim, 2 * dim)
     )
 
 
