@@ -70,6 +70,37 @@ def test_constant_rate_without_scheduler_and_unknown_optimiser() -> None:
         )
 
 
+def test_fused_adam_takes_the_steps_of_torchs_reference_loop() -> None:
+    """On the CPU the optimiser is torch's fused Adam, and with the preset's rate, betas and weight
+    decay its steps are those of torch's plain per-tensor Adam (an independent implementation),
+    to float32 rounding; a lost beta or weight decay moves them by far more."""
+    train = {"optimizer": "adam", "lr": 2e-3, "betas": [0.5, 0.999], "weight_decay": 1e-2}
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 3, 3, generator=generator), torch.randn(7, generator=generator)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(5)]
+
+    def run(make: object) -> list[torch.Tensor]:
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params)  # type: ignore[operator]
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        return [p.detach() for p in params]
+
+    optimizer, _ = build_optimizer([torch.nn.Parameter(torch.zeros(1))], train)
+    assert optimizer.defaults["fused"] is True
+    ours = run(lambda ps: build_optimizer(ps, train)[0])
+    reference = run(
+        lambda ps: torch.optim.Adam(
+            ps, lr=2e-3, betas=(0.5, 0.999), weight_decay=1e-2, foreach=False, fused=False
+        )
+    )
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours[0], start[0])
+
+
 def test_real_pdd_module_optimises_only_trainable_parts() -> None:
     from pdd import create_model
 
