@@ -28,7 +28,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Lowest first. One row = one layer; a row's units (module-name prefixes) are siblings.
 LAYERS: list[tuple[str, ...]] = [
     ("pdd.errors", "pdd.__version__"),
-    ("pdd.fileio", "pdd.cache_root", "pdd.csv_cells", "pdd.pickle_refusal", "pdd.conv_backend", "pdd.finite_output"),
+    ("pdd.fileio", "pdd.cache_root", "pdd.csv_cells", "pdd.pickle_refusal", "pdd.conv_backend", "pdd.finite_output",
+     "pdd.allocator"),
     ("pdd.config",),
     ("pdd.data", "pdd.teachers"),
     ("pdd.models",),

@@ -18,7 +18,7 @@ from pdd import __version__
 from pdd.cli.signals import Interrupted
 from pdd.errors import PDDError
 
-__all__ = ["ArgumentParser", "main"]
+__all__ = ["ArgumentParser", "main", "run"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,6 +59,17 @@ def build_parser() -> ArgumentParser:
     ):
         module.register(sub)
     return parser
+
+
+def run() -> int:
+    """The ``pdd`` console script: ``main`` in a process that keeps freed memory for the next batch
+    (``pdd.allocator``; ``PDD_KEEP_FREED_MEMORY=0`` turns that off). ``main`` alone, as tests and
+    other programs call it, leaves the process's allocator as it is."""
+    from pdd import allocator
+
+    if allocator.wanted():
+        allocator.keep_freed_memory()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

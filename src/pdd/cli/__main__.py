@@ -2,6 +2,6 @@
 
 import sys
 
-from pdd.cli import main
+from pdd.cli import run
 
-sys.exit(main())
+sys.exit(run())
