@@ -22,9 +22,12 @@ runs in this one process with the same inputs and thread count, random-initialis
   (``bench_matmul.square_matmul``) timed once in every round beside the models.
 * end to end, files to scores: ``pdd predict`` (``pdd`` and ``rd4ad`` checkpoints with random teachers, batch 8,
   heatmap overlays written) against anomalib's ``Engine.predict(data_path=...)`` with its RD model
-  (its own pre-processing, batch 1 as its file loader gives, result images written), both in this
-  process, model loading included (our scan kernel's one-time build is not: it is done before the
-  clock starts), on the first ``--e2e-images`` HeadCT images.
+  (its own pre-processing, batch 1 as its file loader gives, result images written), each in a
+  fresh process as a user runs it (the ``pdd`` command's entry point with its allocator setting,
+  ``pdd.allocator``; again with ``PDD_KEEP_FREED_MEMORY=0``; anomalib as installed, and again with
+  glibc told the same through ``MALLOC_MMAP_MAX_``/``MALLOC_TRIM_THRESHOLD_``), model loading
+  included, imports not (our scan kernel's one-time build is done before), on the first
+  ``--e2e-images`` HeadCT images.
 * real training epochs (``_peer_training.py``): ``pdd fit`` of ``pdd`` and ``rd4ad`` with
   ``--feature-cache memory`` and anomalib's ``Engine.fit`` (RD), ``--fit-epochs`` each on the same
   training images (HeadCT, or phantoms when the folder is absent; ``--fit-limit N``: the first N),
@@ -44,6 +47,8 @@ import gc
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -375,106 +380,127 @@ def _model_table(entries: list[Entry], ceiling: float) -> str:
     )
 
 
-def _pdd_predict(images: Path, work: Path, preset: str) -> tuple[float, float]:
-    """Wall and CPU seconds of ``pdd predict`` (in process) on ``images`` with a ``preset``
-    checkpoint, checkpoint loading included."""
+# pdd.allocator's setting for a whole process through glibc's environment (read at start-up): how
+# anomalib runs when it is given the same allocator as the pdd command.
+GLIBC_KEEP_FREED = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+# Each pipeline runs in a fresh process, as a user runs it: the pdd console script's own entry
+# (``pdd.cli.run``, with its allocator setting unless PDD_KEEP_FREED_MEMORY=0) and anomalib's
+# Engine.predict; the child clocks its own wall and CPU seconds after its imports.
+_PDD_CHILD = """
+import sys, time
+from pdd.cli import run
+sys.argv = ["pdd", *sys.argv[1:]]
+start, cpu = time.perf_counter(), time.process_time()
+status = run()
+print("SECONDS", time.perf_counter() - start, time.process_time() - cpu)
+sys.exit(status)
+"""
+_ANOMALIB_CHILD = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+from anomalib.engine import Engine
+from anomalib.models import ReverseDistillation
+start, cpu = time.perf_counter(), time.process_time()
+model = ReverseDistillation(pre_trained=False)
+engine = Engine(default_root_dir=sys.argv[2], logger=False, enable_progress_bar=False)
+predictions = engine.predict(model=model, data_path=sys.argv[1])
+if not predictions:
+    sys.exit("error: anomalib predicted nothing")
+print("SECONDS", time.perf_counter() - start, time.process_time() - cpu)
+"""
+
+
+def _child_seconds(
+    code: str, args: list[str], threads: int, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Wall and CPU seconds a child process reports for its work (``SECONDS wall cpu``)."""
+    child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        check=False,  # a failure is reported below with the child's last lines
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SECONDS ")]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise SystemExit(f"error: end-to-end child failed ({done.returncode}): {' | '.join(tail)}")
+    wall, cpu = lines[-1].split()[1:]
+    return float(wall), float(cpu)
+
+
+def _pdd_checkpoint(work: Path, preset: str) -> Path:
+    """A ``preset`` checkpoint with random teachers, and the scan kernel built (a one-time
+    ~20 s g++ step per machine that scoring files does not repeat)."""
     import pdd
-    from pdd.cli import main
     from pdd.runs import checkpoint
+    from pdd.teachers.cross_scan import cpu_kernel
 
     model = pdd.create_model(preset, teachers="random", image_size=DEFAULT_SIZE)
     ckpt = checkpoint.save(
-        work / f"{preset}.ckpt",
-        model,
-        threshold=0.5,
-        map_stats={"vmin": 0.0, "vmax": 1.0},
+        work / f"{preset}.ckpt", model, threshold=0.5, map_stats={"vmin": 0.0, "vmax": 1.0}
     )
     del model
     gc.collect()
-    # The fused scan kernel is compiled once per machine (and venv) and cached; a first build
-    # (~20 s, a g++ subprocess) is not part of scoring files, so it happens before the clock.
-    from pdd.teachers.cross_scan import cpu_kernel
-
     cpu_kernel()
-    start, cpu = time.perf_counter(), time.process_time()
-    status = main(
-        [
-            "predict",
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(work / preset),
-            "--no-progress",
-            str(images),
-        ]
-    )
-    seconds = time.perf_counter() - start, time.process_time() - cpu
-    if status:
-        raise SystemExit(f"error: pdd predict failed with status {status}")
-    return seconds
+    return ckpt
 
 
-def _anomalib_predict(images: Path, work: Path) -> tuple[float, float] | None:
-    """Wall and CPU seconds of anomalib's ``Engine.predict(data_path=...)`` with a ReverseDistillation model."""
-    try:
-        from anomalib.engine import Engine
-        from anomalib.models import ReverseDistillation
-    except ImportError:
-        return None
-    start, cpu = time.perf_counter(), time.process_time()
-    model = ReverseDistillation(pre_trained=False)
-    engine = Engine(
-        default_root_dir=str(work / "anomalib"), logger=False, enable_progress_bar=False
-    )
-    predictions = engine.predict(model=model, data_path=str(images))
-    seconds = time.perf_counter() - start, time.process_time() - cpu
-    if not predictions:
-        raise SystemExit("error: anomalib predicted nothing")
-    return seconds
-
-
-def _end_to_end(headct: Path, count: int) -> str:
+def _end_to_end(headct: Path, count: int, threads: int) -> str:
     source = headct / "head_ct"
     files = sorted(source.glob("*.png"))[:count]
     if not files:
         return f"skip: end-to-end row: no HeadCT images in {source}"
+    runs: list[tuple[str, tuple[float, float] | None]] = []
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         work = Path(tmp)
         images = work / "images"
         images.mkdir()
         for path in files:
             shutil.copy(path, images / path.name)
-        ours = {preset: _pdd_predict(images, work, preset) for preset in E2E_PRESETS}
-        theirs = _anomalib_predict(images, work)
+        for preset, env in [("pdd", None), ("pdd", {"PDD_KEEP_FREED_MEMORY": "0"}), ("rd4ad", None)]:
+            ckpt = _pdd_checkpoint(work, preset)
+            out = work / f"{preset}-{len(runs)}"
+            args = ["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]
+            label = f"pdd predict ({preset} preset, batch 8)"
+            if env:
+                label += ", PDD_KEEP_FREED_MEMORY=0"
+            runs.append((label, _child_seconds(_PDD_CHILD, [*args, str(images)], threads, env)))
+        try:
+            import anomalib  # noqa: F401
+        except ImportError:
+            runs.append((ANOMALIB, None))
+        else:
+            for env in (None, GLIBC_KEEP_FREED):
+                label = "anomalib Engine.predict (RD, batch 1)"
+                if env:
+                    label += ", glibc told to keep freed memory"
+                root = str(work / f"anomalib-{len(runs)}")
+                runs.append((label, _child_seconds(_ANOMALIB_CHILD, [str(images), root], threads, env)))
     n = len(files)
-    rows = [
-        [
-            f"pdd predict ({preset} preset, batch 8)",
-            *_e2e_cells(n, ours[preset], theirs),
-        ]
-        for preset in E2E_PRESETS
-    ]
-    if theirs is None:
-        rows.append([ANOMALIB, "skipped: anomalib not importable", "", "", ""])
-    else:
-        rows.append(
-            ["anomalib Engine.predict (RD, batch 1)", *_e2e_cells(n, theirs, None)]
-        )
-    return f"end to end on {n} HeadCT files ({load_average()}):\n\n" + table(
-        ["pipeline", "wall s", "images/s (wall)", "CPU s", "images per CPU-second"],
-        rows,
+    peers = [seconds for label, seconds in runs if label.startswith("anomalib") and seconds]
+    rows = []
+    for label, seconds in runs:
+        if seconds is None:
+            rows.append([label, "skipped: anomalib not importable", "", "", "", ""])
+            continue
+        ours = not label.startswith("anomalib")
+        rows.append([label, *_e2e_cells(n, seconds, peers if ours else [])])
+    return (
+        f"end to end on {n} HeadCT files, each pipeline in its own process ({load_average()});"
+        " images/s as a multiple of anomalib's (default; with the same allocator setting):\n\n"
+        + table(["pipeline", "wall s", "images/s (wall)", "CPU s", "images per CPU-second"], rows)
     )
 
 
-def _e2e_cells(
-    n: int, own: tuple[float, float], peer: tuple[float, float] | None
-) -> list[str]:
-    """Wall and CPU figures; against ``peer``, images/s as a multiple of the peer's."""
+def _e2e_cells(n: int, own: tuple[float, float], peers: list[tuple[float, float]]) -> list[str]:
+    """Wall and CPU figures; against each of ``peers``, images/s as a multiple of the peer's."""
     cells = []
     for i in (0, 1):
-        rate = n / own[i]
-        ratio = "" if peer is None else f" ({peer[i] / own[i]:.2f}x)"
-        cells += [f"{own[i]:.1f}", f"{rate:.2f}{ratio}"]
+        ratios = "; ".join(f"{peer[i] / own[i]:.2f}x" for peer in peers)
+        cells += [f"{own[i]:.1f}", f"{n / own[i]:.2f}" + (f" ({ratios})" if ratios else "")]
     return cells
 
 
@@ -642,6 +668,12 @@ def main() -> None:
         "--presets", nargs="+", default=list(OURS), help="our presets to time"
     )
     p.add_argument("--no-anomalib", action="store_true", help="time only our models")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="this process (model table, training rows: both sides) keeps freed memory as the pdd "
+        "command does (pdd.allocator); the end-to-end row's processes are unaffected",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
     p.add_argument(
         "--e2e-images",
@@ -699,8 +731,14 @@ def main() -> None:
         )
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    if args.keep_freed_memory:
+        from pdd.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            p.error("--keep-freed-memory: this C library has no such setting (glibc only)")
     print(
         f"machine: {machine(torch.device('cpu'))}; input {args.size}x{args.size}; bf16 autocast: {args.bf16}"
+        f"; keep freed memory: {args.keep_freed_memory}"
     )
     print(f"start: {load_average()}", flush=True)
     if args.bf16_scores:
@@ -738,7 +776,7 @@ def main() -> None:
     gc.collect()
     if args.e2e_images > 0:
         print()
-        print(_end_to_end(args.headct, args.e2e_images))
+        print(_end_to_end(args.headct, args.e2e_images, args.threads))
     if args.fit_epochs > 0:
         print()
         print(_training_epochs(args, reference_step, gflop, ceiling))
