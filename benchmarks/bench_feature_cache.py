@@ -2,6 +2,7 @@
 
     python benchmarks/bench_feature_cache.py [--data ../shared/data/headct] [--image-size 256]
         [--epochs 5] [--presets pdd rd4ad] [--modes off auto] [--threads 2] [--limit N]
+        [--keep-freed-memory]
     python benchmarks/bench_feature_cache.py --image-size 64 --epochs 2 --limit 8   # quick check
 
 Each (preset, mode) is one real ``pdd fit`` in this process (random teachers, batch as the preset,
@@ -177,11 +178,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="first N images of each set")
     p.add_argument("--anomalib-repeats", type=int, default=5, help="0: skip anomalib")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="this process keeps freed memory as the pdd command does (pdd.allocator): every fit "
+        "and anomalib's step alike",
+    )
     args = p.parse_args()
     if "off" not in args.modes:
         p.error("--modes must include off (the reference)")
     torch.set_num_threads(args.threads)
-    print(machine(torch.device("cpu")))
+    if args.keep_freed_memory:
+        from pdd.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            p.error("--keep-freed-memory: this C library has no such setting (glibc only)")
+    print(machine(torch.device("cpu")) + f"; keep freed memory: {args.keep_freed_memory}")
     print(f"before: {_load()}", flush=True)
     results: dict[tuple[str, str], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pdd-bench-cache-") as folder:
