@@ -7,9 +7,10 @@ stage), so each forward and training step touches tens of thousands of fresh pag
 each, and the time goes to the kernel instead of arithmetic. ``mallopt(M_MMAP_MAX, 0)`` serves
 large blocks from the heap instead, and a high trim threshold keeps freed memory for the next
 batch: it is not handed back between batches, and the peak grows a little with the heap's
-fragmentation (``pdd predict`` on 40 HeadCT files: 2.11-2.14 GB against 1.95-1.99 GB). Measured (benchmarks/README.md, "Freed memory kept in the process"): a batch-8
-`pdd` forward 526 -> 428 ms/image on an AMD EPYC; stock anomalib RD gains as much in the same
-setting, so the ratio between the two is unchanged.
+fragmentation (``pdd predict`` on 40 HeadCT files: 2.11-2.14 GB against 1.95-1.99 GB).
+Measured (benchmarks/README.md, "Freed memory kept in the process"): a batch-8 ``pdd`` forward
+485 -> 429 ms/image on an AMD EPYC (526 -> 428 in a first, unpaired check); stock anomalib RD
+gains as much in the same setting, so the ratio between the two barely moves.
 
 It changes the whole process, so the library never does it on import: the ``pdd`` command does
 (unless ``PDD_KEEP_FREED_MEMORY=0``), and a program using the Python API may call

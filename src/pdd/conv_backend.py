@@ -14,8 +14,8 @@ taken only for inference over few positions (``prefers_gemm``), in those blocks.
 differs only by float32 rounding.
 
 The other way round, a linear layer over many rows (VMamba's projections: 256 to 32768 rows of 96
-to 3072 channels) runs 1.1-1.5x faster as oneDNN's 1x1 convolution than as PyTorch's MKL GEMM on an
-AMD EPYC with AVX-512 (benchmarks/README.md, "Linear layers through oneDNN"); over fewer rows
+to 3072 channels) runs 1.05-1.4x faster as oneDNN's 1x1 convolution than as PyTorch's MKL GEMM on
+an AMD EPYC with AVX-512 (benchmarks/README.md, "Linear layers through oneDNN"); over fewer rows
 oneDNN's per-call weight reorder costs more than it gains, as for the wide convolutions above.
 """
 
@@ -43,7 +43,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     Taken for float32 CPU tensors over at least ``ONEDNN_MIN_ROWS`` rows, outside autocast and
     with oneDNN enabled; everything else (CUDA, float64, bf16 autocast, few rows) is ``F.linear``.
-    The rows become the height of one channels-last image, so no copy is made either way.
+    The rows become the height of one channels-last image: a view of ``x`` when its rows are
+    contiguous (a strided slice is copied once, as ``F.linear`` would).
     """
     channels = x.shape[-1]
     rows = x.numel() // max(channels, 1)

@@ -23,7 +23,7 @@ __all__ = ["AnomalyModule", "build_optimizer"]
 
 
 # Devices with torch's fused Adam kernel: one vectorised pass over every parameter, against the
-# default per-tensor loop's several on the CPU (rd4ad's 84 M trainable values: 281 -> 141 ms per
+# default per-tensor loop's several on the CPU (rd4ad's 84 M trainable values: 250 -> 121 ms per
 # step on an AMD EPYC; benchmarks/README.md, "Fused Adam").
 _FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
 
