@@ -460,8 +460,9 @@ def _end_to_end(headct: Path, count: int, threads: int) -> str:
         images.mkdir()
         for path in files:
             shutil.copy(path, images / path.name)
+        checkpoints = {preset: _pdd_checkpoint(work, preset) for preset in E2E_PRESETS}
         for preset, env in [("pdd", None), ("pdd", {"PDD_KEEP_FREED_MEMORY": "0"}), ("rd4ad", None)]:
-            ckpt = _pdd_checkpoint(work, preset)
+            ckpt = checkpoints[preset]
             out = work / f"{preset}-{len(runs)}"
             args = ["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]
             label = f"pdd predict ({preset} preset, batch 8)"
