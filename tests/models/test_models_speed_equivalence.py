@@ -1,16 +1,20 @@
 """The fast inference path gives the straightforward path's maps and scores (issue 14).
 
-The models run Wide-ResNet channels-last, stop it after layer3 for RD4AD, route the wide
-small-grid convolutions around oneDNN and compute the cosine map with fewer passes. None of that
-may change a result beyond float32 rounding. The reference here is computed independently:
+The models run Wide-ResNet channels-last, stop it after layer3 for RD4AD, run conv + BatchNorm
+pairs as prepacked oneDNN convolutions (``pdd.packed_convs``) or else route the wide small-grid
+convolutions around oneDNN, and compute the cosine map with fewer passes. None of that may change a
+result beyond float32 rounding. The reference here is computed independently:
 torchvision's own ``wide_resnet50_2`` (NCHW, all four stages) carrying the teacher's weights, the
-trainable parts as NCHW copies called module by module with oneDNN as PyTorch chooses it, and the
-anomaly map as ``F.cosine_similarity`` -> bilinear upsampling -> ``scipy.ndimage.gaussian_filter``
+trainable parts as NCHW copies called module by module with oneDNN as PyTorch chooses it (packing
+off), and the anomaly map as ``F.cosine_similarity`` -> bilinear upsampling -> ``scipy.ndimage.gaussian_filter``
 in float64. Tolerance: 1e-4 of the reference map's range (maps and scores), on phantom images.
+Every BatchNorm's statistics and affine parameters are randomised first, so that folding them into
+the convolutions is exercised.
 
 Mutations verified to fail here (each applied to a scratch copy of ``src``): the cosine map scaled
 by 1 + 1e-3 in ``anomaly_map.cosine_distance_map``; the in-place level sum keeping only the last
-level; the ReLU after ``bn1`` dropped in ``WideResNetFeatures``; its layer4 output scaled by 1.001.
+level; the ReLU after ``bn1`` dropped in ``WideResNetFeatures``; its layer4 output scaled by 1.001;
+the packed Wide-ResNet's stem without its ReLU; the packed residual blocks without the shortcut.
 """
 
 from __future__ import annotations
@@ -131,11 +135,22 @@ def _pdd_pairs(
     return [(s, t) for student in students for s, t in zip(student, f)]
 
 
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(7)
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            n = layer.num_features
+            layer.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            layer.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            layer.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+            layer.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+
+
 @pytest.mark.parametrize(
     ("preset", "pairs_of"),
     [("rd4ad", _rd4ad_pairs), ("pdd", _pdd_pairs), ("pdd-reference", _pdd_pairs)],
 )
-@pytest.mark.parametrize("wide_convs", ["gemm", "onednn"])
+@pytest.mark.parametrize("wide_convs", ["packed", "gemm", "onednn"])
 def test_fast_path_matches_straightforward_path(
     preset: str,
     pairs_of: Callable[..., list[tuple[Tensor, Tensor]]],
@@ -144,15 +159,18 @@ def test_fast_path_matches_straightforward_path(
     wide_convs: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Maps and scores of ``model(images)`` equal the reference within 1e-4 of the map range, with
-    the wide small-grid convs on either backend (``conv_backend.prefers_gemm``'s two answers)."""
-    from pdd import conv_backend
+    """Maps and scores of ``model(images)`` equal the reference within 1e-4 of the map range: packed
+    (as the models run at CPU inference), and unpacked with the wide small-grid convs on either
+    backend (``conv_backend.prefers_gemm``'s two answers)."""
+    from pdd import conv_backend, packed_convs
 
     if wide_convs == "onednn":
         monkeypatch.setattr(conv_backend, "GEMM_MAX_POSITIONS", 0)
-    else:
+    elif wide_convs == "gemm":
         with torch.inference_mode():
             assert conv_backend.prefers_gemm(torch.zeros(len(phantoms), 1, SIZE // 16, SIZE // 16))
+    if wide_convs != "packed":
+        monkeypatch.setenv("PDD_PACKED_CONVS", "0")
     torch.manual_seed(0)
     model = pdd.create_model(
         preset,
@@ -160,9 +178,13 @@ def test_fast_path_matches_straightforward_path(
         image_size=SIZE,
         teacher_options={SSM_TEACHER: SMALL_VMAMBA},
     ).eval()
+    _randomise_batchnorm(model)
     reference_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         maps, scores = model(phantoms)
+        packs = sum(len(getattr(m, "_packs", ())) for m in model.modules())
+        assert (packs > 0) == (wide_convs == "packed")
+    with torch.inference_mode(), packed_convs.disabled():
         ref_maps, ref_scores = _reference_map(
             pairs_of(torchvision_wrn, reference_model, phantoms),
             SIZE,

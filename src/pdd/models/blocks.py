@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pdd.packed_convs import PackedResidual, Packs, shortcut_pair, usable
+
 __all__ = [
     "Adapter",
     "Bottleneck",
@@ -73,12 +75,44 @@ def conv_bn(
     ]
 
 
-class Adapter(nn.Module):
+class _Residual(nn.Module):
+    """``act(body(x) + shortcut(x))`` with ``body`` = [conv, BN, act, conv, BN, act, conv, BN].
+
+    At CPU inference the three conv + BN pairs and the shortcut run as prepacked oneDNN
+    convolutions with the activations and the addition fused (``pdd.packed_convs``); everywhere
+    else (training, CUDA, autocast) as the modules themselves.
+    """
+
+    activation = "relu"
+    body: nn.Sequential
+    act: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packs: Packs[PackedResidual] = Packs()
+
+    def _shortcut(self) -> nn.Module:
+        return self.shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        if usable(x, self):
+            return self._packs.plan(self, x, self._pack)(x, self.activation)
+        return self.act(self.body(x) + self._shortcut()(x))
+
+    def _pack(self, size: list[int]) -> PackedResidual:
+        b = self.body
+        pairs = [(b[0], b[1]), (b[3], b[4]), (b[6], b[7])]
+        return PackedResidual(pairs, shortcut_pair(self._shortcut()), size)
+
+
+class Adapter(_Residual):
     """A(c_in -> c_out): maps a VMamba feature into the Wide-ResNet feature space of the same level.
 
     1x1 conv to ``max(c_in, c_out) / 4`` channels, 3x3 conv with dilation 2 (a wider view at the
     same cost), 1x1 conv to ``c_out``; residual through a 1x1 projection when the widths differ.
     """
+
+    activation = "gelu"
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
@@ -95,11 +129,11 @@ class Adapter(nn.Module):
         )
         self.act = nn.GELU()
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.body(x) + self.project(x))
+    def _shortcut(self) -> nn.Module:
+        return self.project
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """Wide-ResNet bottleneck (1x1, 3x3 with ``stride``, 1x1), for RD4AD's OCBE."""
 
     def __init__(self, c_in: int, planes: int, stride: int = 1) -> None:
@@ -119,11 +153,8 @@ class Bottleneck(nn.Module):
         )
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
 
-
-class DeBottleneck(nn.Module):
+class DeBottleneck(_Residual):
     """Reverse-distillation bottleneck: as ``Bottleneck``, but ``upsample`` doubles H and W with a
     2x2 stride-2 transposed conv in place of the strided 3x3 (and in the shortcut)."""
 
@@ -154,9 +185,6 @@ class DeBottleneck(nn.Module):
         else:
             self.shortcut = nn.Identity()
         self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
 
 
 class DecoderStage(nn.Sequential):

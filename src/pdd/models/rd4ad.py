@@ -26,6 +26,7 @@ from pdd.models.blocks import (
     conv_bn,
     init_as_released,
 )
+from pdd.packed_convs import usable
 
 __all__ = ["OCBE", "RD4AD"]
 
@@ -56,8 +57,9 @@ class OCBE(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         y1, y2, y3 = features
         fused = torch.cat([self.reduce1(y1), self.reduce2(y2), y3], dim=1)
-        # 3x3 convs over 1024 channels on a 1/16-1/32 grid: at batch 1 faster outside oneDNN.
-        with gemm_convolutions(prefers_gemm(fused)):
+        # 3x3 convs over 1024 channels on a 1/16-1/32 grid: at batch 1 faster outside oneDNN,
+        # unless they run prepacked (pdd.packed_convs), which is faster still.
+        with gemm_convolutions(prefers_gemm(fused) and not usable(fused, self.blocks)):
             return self.blocks(fused)
 
 

@@ -24,7 +24,8 @@ size (so the file's content, the preprocessing and the image size are all in it:
 computed in the data loader), and of the *context*: every teacher's identity (name, weights
 SHA-256 or random seed + fingerprint, options), the levels the model reads, the storage dtype
 (bfloat16 and float32 entries never mix), the device type, the autocast dtype, the torch version
-and ``PDD_CPU_KERNEL`` (the fused scan's rounding differs from PyTorch's). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
+``PDD_CPU_KERNEL`` (the fused scan's rounding differs from PyTorch's) and whether convolutions
+may run prepacked (``pdd.packed_convs``, whose BatchNorm folding rounds differently). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
 
 Stores (``--feature-cache``):
 
@@ -71,6 +72,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pdd import packed_convs
 from pdd.config.schema import FEATURE_CACHE_DTYPES as DTYPES
 from pdd.errors import ConfigError
 
@@ -544,6 +546,7 @@ class FeatureCache:
                 "autocast": autocast,
                 "torch": torch.__version__,
                 "cpu_kernel": os.environ.get("PDD_CPU_KERNEL", "auto"),
+                "packed_convs": packed_convs.enabled(),
             },
             sort_keys=True,
         )
