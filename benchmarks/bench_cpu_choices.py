@@ -1,6 +1,7 @@
-"""Three CPU choices of issue 18, each against what it replaced, in paired interleaved rounds.
+"""Four CPU choices of issue 18, each against what it replaced, in paired interleaved rounds.
 
-    python benchmarks/bench_cpu_choices.py [--threads 2] [--repeats 7] [--parts linear adam allocator]
+    python benchmarks/bench_cpu_choices.py [--threads 2] [--repeats 7]
+        [--parts linear adam allocator packed]
 
 * ``linear``: VMamba-T's projections (``in_proj``, ``x_proj``, ``out_proj``, the patch-merge
   linear) at their 256-px shapes, batch 1 and 8, as ``F.linear`` (MKL's GEMM) and as
@@ -13,10 +14,16 @@
 * ``allocator``: a ``pdd`` and a ``rd4ad`` eval forward at batch 1 and 8 in two child processes, one
   with ``pdd.allocator.keep_freed_memory()`` (the ``pdd`` command's setting), one without, taking
   turns; each child reports the median of its rounds.
+* ``packed``: the Wide-ResNet teacher (4 levels), one ``pdd`` student and the whole ``pdd`` and
+  ``rd4ad`` eval forward at 256 px, batch 1 and 8, with the prepacked conv + BN convolutions
+  (``pdd.packed_convs``, as they run now) and without (``packed_convs.disabled()``), with the
+  largest map (or feature) difference over its range. Runs last, in this process, with
+  ``keep_freed_memory()`` applied as the ``pdd`` command does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -27,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from _common import load_average, machine, parser, setup, table
 
-from pdd import conv_backend
+from pdd import allocator, conv_backend, packed_convs
 
 # (layer, tokens per image at 256 px, in channels, out channels) of VMamba-T v0.
 PROJECTIONS = [
@@ -189,11 +196,67 @@ def allocator_part(repeats: int, threads: int) -> str:
     )
 
 
+def packed_part(repeats: int) -> str:
+    import pdd
+
+    allocator.keep_freed_memory()
+    rows = []
+    for preset in ("pdd", "rd4ad"):
+        torch.manual_seed(0)
+        model = pdd.create_model(preset, teachers="random", image_size=256).eval()
+        parts: dict[str, Callable[[torch.Tensor], object]] = {f"{preset} forward": model}
+        if preset == "pdd":
+            teacher = model.teachers["wide_resnet50_2"]
+            student = model.students[0]
+            parts = {
+                "Wide-ResNet-50-2 teacher": teacher,
+                "pdd student (one)": lambda x, s=student: s(
+                    torch.randn(len(x), 2048, 8, 8).contiguous(memory_format=torch.channels_last)
+                ),
+                **parts,
+            }
+        for name, call in parts.items():
+            for batch in (1, 8):
+                torch.manual_seed(1)
+                x = torch.randn(batch, 3, 256, 256)
+                outputs: dict[str, object] = {}
+
+                def run(mode: str, call=call, x=x, outputs=outputs) -> None:
+                    torch.manual_seed(2)  # the student's random input
+                    with torch.inference_mode(), contextlib.ExitStack() as stack:
+                        if mode == "eager":
+                            stack.enter_context(packed_convs.disabled())
+                        outputs[mode] = call(x)
+
+                t = paired({"eager": lambda: run("eager"), "packed": lambda: run("packed")}, repeats)
+                diff = _largest_difference(outputs["eager"], outputs["packed"])
+                rows.append(
+                    [name, batch, f"{t['eager'] / batch * 1e3:.1f}",
+                     f"{t['packed'] / batch * 1e3:.1f}", f"{t['packed'] / t['eager']:.3f}",
+                     f"{diff:.1e}"]
+                )
+        del model, parts
+    return table(
+        ["part", "batch", "eager conv + BN, ms/image", "prepacked, ms/image", "ratio",
+         "max difference / range"],
+        rows,
+    )
+
+
+def _largest_difference(a: object, b: object) -> float:
+    """Largest |a - b| over the range of a, over the tensors of two equal nested outputs."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor)
+        return float((a - b).abs().max() / (a.max() - a.min()))
+    assert isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
+    return max(_largest_difference(x, y) for x, y in zip(a, b, strict=True))
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument(
-        "--parts", nargs="+", choices=["linear", "adam", "allocator"],
-        default=["linear", "adam", "allocator"],
+        "--parts", nargs="+", choices=["linear", "adam", "allocator", "packed"],
+        default=["linear", "adam", "allocator", "packed"],
     )
     p.set_defaults(repeats=7, threads=2)
     args = p.parse_args()
@@ -205,6 +268,8 @@ def main() -> None:
         print("\n" + adam_part(args.repeats), flush=True)
     if "allocator" in args.parts:
         print("\n" + allocator_part(args.repeats, args.threads), flush=True)
+    if "packed" in args.parts:
+        print("\n" + packed_part(args.repeats), flush=True)
     print(f"\nend: {load_average()}")
 
 
