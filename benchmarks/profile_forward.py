@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import pdd
+from pdd import packed_convs
 from pdd.models.pdd import CNN_TEACHER, PDD, SSM_TEACHER
 from pdd.models.rd4ad import RD4AD
 
@@ -104,7 +105,9 @@ COMPONENTS = {"pdd": pdd_components, "rd4ad": rd4ad_components}
 
 
 def count_flops(run: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """Convolutions and matmuls, counted with ``pdd.packed_convs`` off (the counter does not know
+    oneDNN's prepacked convolutions, which do the same arithmetic)."""
+    with FlopCounterMode(display=False) as counter, packed_convs.disabled():
         run()
     return counter.get_total_flops()
 
