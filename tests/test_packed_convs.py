@@ -171,7 +171,8 @@ def test_packs_are_kept_per_batch_class_and_bounded() -> None:
 def test_packing_is_not_used_where_it_would_change_more_than_rounding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Training mode, recorded autograd, float64, autocast, tracing and the two switches."""
+    """Training mode, recorded autograd, float64, autocast, tracing, the two switches, and a
+    torch without the operators."""
     block = _block("bottleneck")
     x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -184,6 +185,9 @@ def test_packing_is_not_used_where_it_would_change_more_than_rounding(
         monkeypatch.setenv("PDD_PACKED_CONVS", "0")
         assert not usable(x, block)
         monkeypatch.delenv("PDD_PACKED_CONVS")
+        with monkeypatch.context() as patch:
+            patch.setattr(packed_convs, "_operators_present", lambda: False)
+            assert not usable(x, block), "a torch build without oneDNN's fused operators"
         block.train()
         assert not usable(x, block)
         block.eval()

@@ -5,16 +5,18 @@ convolution's weight and bias, it saves a pass over the activation, and oneDNN a
 GELU and the residual addition that follow inside the same call. PyTorch's eager convolution also
 reorders its weight into oneDNN's blocked layout on every call; reordered once here ("prepacked"),
 it is read as stored. Measured on the AMD EPYC with AVX-512 (benchmarks/README.md, "Prepacked
-convolutions"): Wide-ResNet-50-2 207 -> 160 ms/image at batch 1 and 166 -> 156 at batch 8; the
-de-bottleneck decoders 9-13 % faster.
+convolutions"): Wide-ResNet-50-2 192 -> 152 ms/image at batch 1 and 154 -> 145 at batch 8, a
+student 0.77x and 0.96x, a whole ``pdd`` forward 0.85x and 0.96x. The operators are PyTorch's own
+oneDNN ones (``torch.ops.mkldnn``, those inductor's CPU freezing emits); a build without them
+runs the modules as they are.
 
 Taken only where nothing but float32 rounding can tell the difference (``usable``): float32 CPU
 tensors, the module in eval mode, no autograd graph recorded, no autocast, oneDNN present and
 enabled, and not switched off (``PDD_PACKED_CONVS=0``, or ``disabled()``). The results differ from
 the eager modules' by float32 rounding (a few 1e-6 of a feature's range).
 
-oneDNN picks the prepacked layout for the input shape it is told, and a pack made for batch 1 runs
-batch 8 slower (and the other way round, 2x slower) than eager. So each block keeps one pack per
+oneDNN picks the prepacked layout for the input shape it is told: a pack made for batch 1 runs
+batch 8 1.1x slower than eager, one made for batch 8 runs batch 1 1.6x slower. So each block keeps one pack per
 batch class (1, or more) and grid, at most ``MAX_PACKS``, each a copy of the block's weights in
 oneDNN's layout; a pack remembers the storage and version counter of every tensor it was made
 from and is rebuilt when one changes (``load_state_dict``, an optimiser step, ``.to()``).
@@ -23,6 +25,7 @@ from and is rebuilt when one changes (``load_state_dict``, an optimiser step, ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -76,8 +79,8 @@ def usable(x: Tensor, module: nn.Module) -> bool:
         and x.dim() == 4
         and not module.training
         and enabled()
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and _operators_present()
         and not torch.is_autocast_enabled("cpu")
         and not _tracing()
         and not (
@@ -85,6 +88,24 @@ def usable(x: Tensor, module: nn.Module) -> bool:
             and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
         )
     )
+
+
+@functools.cache
+def _operators_present() -> bool:
+    """PyTorch built with oneDNN and its fused convolution operators."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        for name in (
+            "_convolution_pointwise",
+            "_convolution_transpose_pointwise",
+            "_reorder_convolution_weight",
+            "_reorder_convolution_transpose_weight",
+        ):
+            getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def _tracing() -> bool:
@@ -132,7 +153,9 @@ class FoldedConv:
         weight = conv.weight.detach().double()
         bias = None if conv.bias is None else conv.bias.detach().double()
         if bn is not None:
-            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            scale = bn.weight.detach().double() / torch.sqrt(
+                bn.running_var.double() + bn.eps
+            )
             # A transposed conv's weight is [in, out / groups, kh, kw]: its outputs are dim 1.
             shape = (1, -1, 1, 1) if self.transposed else (-1, 1, 1, 1)
             weight = weight * scale.reshape(shape)
