@@ -236,3 +236,19 @@ def test_a_fit_whose_features_fit_nowhere_stops_at_the_first_batch_naming_the_fo
         fit(real_options("rd4ad", phantoms, tmp_path / "run", feature_cache="auto"))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run" / "model.ckpt").exists()
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_entries_made_with_packed_convolutions_are_not_served_without(
+    mode: str, model: Any, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folding BatchNorm into packed convolutions rounds differently: ``PDD_PACKED_CONVS`` is in
+    the key, so a fit with packing off recomputes what one with packing on stored."""
+    packed = FeatureCache(mode, len(KEYS), batch_size=len(KEYS))
+    packed_context = packed.context(model, images.device)
+    packed.features(model, images, KEYS)
+    monkeypatch.setenv("PDD_PACKED_CONVS", "0")
+    plain = FeatureCache(mode, len(KEYS), batch_size=len(KEYS))
+    assert plain.context(model, images.device) != packed_context
+    plain.features(model, images, KEYS)
+    assert (plain.misses, plain.hits) == (2, 0)
