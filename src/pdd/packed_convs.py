@@ -200,10 +200,7 @@ class FoldedConv:
                 residual.contiguous(memory_format=torch.channels_last),
                 self.weight,
                 self.bias,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
+                *self._geometry(),
                 "add",
                 1.0,
                 fused,
@@ -212,31 +209,27 @@ class FoldedConv:
             )
             return F.gelu(out) if activation == "gelu" else out
         if self.transposed:
+            padding, stride, dilation, groups = self._geometry()
             return torch.ops.mkldnn._convolution_transpose_pointwise(
                 x,
                 self.weight,
                 self.bias,
-                self.padding,
+                padding,
                 self.output_padding,
-                self.stride,
-                self.dilation,
-                self.groups,
+                stride,
+                dilation,
+                groups,
                 activation,
                 [],
                 algorithm,
             )
         return torch.ops.mkldnn._convolution_pointwise(
-            x,
-            self.weight,
-            self.bias,
-            self.padding,
-            self.stride,
-            self.dilation,
-            self.groups,
-            activation,
-            [],
-            algorithm,
+            x, self.weight, self.bias, *self._geometry(), activation, [], algorithm
         )
+
+    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
+        """Padding, stride, dilation and groups, in the operators' argument order."""
+        return self.padding, self.stride, self.dilation, self.groups
 
 
 ConvBN = tuple[nn.Conv2d | nn.ConvTranspose2d, nn.BatchNorm2d | None]
