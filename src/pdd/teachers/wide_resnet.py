@@ -10,8 +10,8 @@ that never read layer4 (RD4AD: a third of the teacher's time), and the weights a
 kept channels-last, the layout oneDNN's convolutions run in without reordering every call, except
 layer4, which runs faster outside oneDNN (``pdd.conv_backend``; benchmarks/README.md, "Against
 anomalib"). At CPU inference every conv + BatchNorm (+ ReLU, + residual) runs instead as one
-prepacked oneDNN convolution (``pdd.packed_convs``), layer4 included: 0.77x the time at batch 1,
-0.94x at batch 8.
+prepacked oneDNN convolution (``pdd.packed_convs``), layer4 included: 0.79x the time at batch 1,
+0.95x at batch 8 (benchmarks/README.md, "Prepacked convolutions").
 """
 
 from __future__ import annotations
