@@ -50,8 +50,16 @@ CONVS = {
     "3x3 stride 2": lambda: nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False),
     "3x3 dilation 2": lambda: nn.Conv2d(16, 24, 3, padding=2, dilation=2, bias=False),
     "1x1 with bias": lambda: nn.Conv2d(16, 24, 1, bias=True),
-    "2x2 transposed stride 2": lambda: nn.ConvTranspose2d(16, 24, 2, stride=2, bias=False),
+    "3x3 depthwise with bias": lambda: nn.Conv2d(
+        16, 16, 3, padding=1, groups=16, bias=True
+    ),
+    "2x2 transposed stride 2": lambda: nn.ConvTranspose2d(
+        16, 24, 2, stride=2, bias=False
+    ),
 }
+
+
+ACTIVATIONS = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu, "swish": F.silu}
 
 
 @pytest.mark.parametrize("kind", list(CONVS))
@@ -65,6 +73,28 @@ def test_folded_conv_equals_the_modules_in_float64(
     """act(BN(conv(x)) [+ r]) of the modules, in float64, for every conv kind and post-op."""
     if residual and kind.endswith("transposed stride 2"):
         pytest.skip("residuals are fused into plain convolutions only")
+    _check_folded_conv(kind, activation, batchnorm, residual, batch)
+
+
+@pytest.mark.parametrize(
+    "kind", ["3x3 depthwise with bias", "1x1", "2x2 transposed stride 2"]
+)
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_folded_conv_with_silu_equals_the_modules_in_float64(
+    kind: str, batchnorm: bool
+) -> None:
+    """silu(BN(conv(x))): VMamba's depthwise conv + SiLU; a residual with SiLU is refused."""
+    _check_folded_conv(kind, "swish", batchnorm, residual=False, batch=2)
+    conv = CONVS["1x1"]().eval()
+    x = torch.randn(1, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    folded = FoldedConv(conv, None, list(x.shape))
+    with torch.no_grad(), pytest.raises(ValueError, match="without SiLU"):
+        folded(x, "swish", residual=torch.randn(1, 24, 4, 4))
+
+
+def _check_folded_conv(
+    kind: str, activation: str, batchnorm: bool, residual: bool, batch: int
+) -> None:
     torch.manual_seed(3)
     conv = CONVS[kind]().eval()
     bn = nn.BatchNorm2d(conv.out_channels).eval() if batchnorm else None
@@ -72,7 +102,11 @@ def test_folded_conv_equals_the_modules_in_float64(
         _randomise_batchnorm(bn)
     x = torch.randn(batch, 16, 10, 10).contiguous(memory_format=torch.channels_last)
     out_shape = output_size(conv, list(x.shape))
-    r = torch.randn(out_shape).contiguous(memory_format=torch.channels_last) if residual else None
+    r = (
+        torch.randn(out_shape).contiguous(memory_format=torch.channels_last)
+        if residual
+        else None
+    )
 
     with torch.no_grad():
         reference = conv.double()(x.double())
@@ -80,7 +114,7 @@ def test_folded_conv_equals_the_modules_in_float64(
             reference = bn.double()(reference)
         if r is not None:
             reference = reference + r.double()
-        reference = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu}[activation](reference)
+        reference = ACTIVATIONS[activation](reference)
         conv.float()
         if bn is not None:
             bn.float()
@@ -147,7 +181,9 @@ def test_a_pack_follows_new_weights_and_statistics() -> None:
     block.load_state_dict(other.state_dict())
     packed, eager = both()
     assert _relative_error(packed, eager) <= TOLERANCE
-    assert _relative_error(first, eager) > 1e-2, "the new weights should change the output"
+    assert _relative_error(first, eager) > 1e-2, (
+        "the new weights should change the output"
+    )
 
     with torch.no_grad():
         block.body[4].running_var.mul_(4.0)  # the transposed conv's BatchNorm
@@ -160,7 +196,11 @@ def test_packs_are_kept_per_batch_class_and_bounded() -> None:
     block = _block("bottleneck")
     with torch.inference_mode():
         for batch in (1, 3, 5, 1):
-            block(torch.randn(batch, 32, 8, 8).contiguous(memory_format=torch.channels_last))
+            block(
+                torch.randn(batch, 32, 8, 8).contiguous(
+                    memory_format=torch.channels_last
+                )
+            )
         assert len(block._packs) == 2
         block(torch.randn(2, 32, 12, 12).contiguous(memory_format=torch.channels_last))
         assert len(block._packs) == packed_convs.MAX_PACKS == 2
@@ -187,7 +227,9 @@ def test_packing_is_not_used_where_it_would_change_more_than_rounding(
         monkeypatch.delenv("PDD_PACKED_CONVS")
         with monkeypatch.context() as patch:
             patch.setattr(packed_convs, "_operators_present", lambda: False)
-            assert not usable(x, block), "a torch build without oneDNN's fused operators"
+            assert not usable(x, block), (
+                "a torch build without oneDNN's fused operators"
+            )
         block.train()
         assert not usable(x, block)
         block.eval()

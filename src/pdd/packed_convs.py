@@ -187,12 +187,14 @@ class FoldedConv:
     def __call__(
         self, x: Tensor, activation: str = "none", residual: Tensor | None = None
     ) -> Tensor:
-        """conv(x) (+ ``residual``), then ``activation``: ``"none"``, ``"relu"`` or ``"gelu"``
-        (exact, erf-based, as ``nn.GELU()``)."""
+        """conv(x) (+ ``residual``), then ``activation``: ``"none"``, ``"relu"``, ``"gelu"``
+        (exact, erf-based, as ``nn.GELU()``), or without a residual ``"swish"`` (SiLU)."""
         algorithm = "none" if activation == "gelu" else ""
         if residual is not None:
-            if self.transposed:
-                raise ValueError("a residual is fused into plain convolutions only")
+            if self.transposed or activation == "swish":
+                raise ValueError(
+                    "a residual is fused into plain convolutions without SiLU only"
+                )
             # oneDNN fuses a ReLU after the addition, not a GELU: that one follows separately.
             fused = activation if activation == "relu" else None
             out = torch.ops.mkldnn._convolution_pointwise.binary(

@@ -252,3 +252,23 @@ def test_entries_made_with_packed_convolutions_are_not_served_without(
     assert plain.context(model, images.device) != packed_context
     plain.features(model, images, KEYS)
     assert (plain.misses, plain.hits) == (2, 0)
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_entries_made_by_another_teacher_arithmetic_are_not_served(
+    mode: str, model: Any, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release whose teachers round differently (``teachers.ARITHMETIC_REVISION``) recomputes
+    what an older one stored, on disk too, where the entries outlive the process."""
+    from pdd import teachers
+
+    older = FeatureCache(mode, len(KEYS), batch_size=len(KEYS))
+    older_context = older.context(model, images.device)
+    older.features(model, images, KEYS)
+    monkeypatch.setattr(
+        teachers, "ARITHMETIC_REVISION", teachers.ARITHMETIC_REVISION + 1
+    )
+    newer = FeatureCache(mode, len(KEYS), batch_size=len(KEYS))
+    assert newer.context(model, images.device) != older_context
+    newer.features(model, images, KEYS)
+    assert (newer.misses, newer.hits) == (2, 0)

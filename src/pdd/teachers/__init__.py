@@ -22,7 +22,20 @@ from torch import Tensor, nn
 
 from pdd.errors import ConfigError, WeightsError
 
-__all__ = ["TEACHERS", "Teacher", "available", "build", "load_strict"]
+__all__ = [
+    "ARITHMETIC_REVISION",
+    "TEACHERS",
+    "Teacher",
+    "available",
+    "build",
+    "load_strict",
+]
+
+ARITHMETIC_REVISION = 2
+"""Bumped whenever a teacher's forward changes how it rounds (operations fused, reordered or
+folded) for the same weights and input: stored teacher features made by another revision are
+never served (``pdd.training.feature_cache``). 2: VMamba's depthwise conv + SiLU as one
+oneDNN call."""
 
 # How many offending keys an error message lists before "(+N more)".
 _KEYS_SHOWN = 5

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from pdd import conv_backend
 from pdd.errors import ConfigError
+from pdd.packed_convs import FoldedConv, Packs, usable
 from pdd.teachers.cross_scan import cross_selective_scan
 
 __all__ = ["TINY_CONFIG", "VMambaBackbone", "convert_official_state_dict"]
@@ -150,6 +151,7 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = _Linear(inner, dim)
         self._init_ssm()
+        self._packs: Packs[FoldedConv] = Packs()
 
     @torch.no_grad()
     def _init_ssm(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
@@ -162,7 +164,9 @@ class SS2D(nn.Module):
         )
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_logs.copy_(
-            torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs)
+            torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(
+                self.A_logs
+            )
         )
         self.Ds.fill_(1.0)
 
@@ -170,15 +174,15 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         k, inner = self.directions, self.inner
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        if self.conv2d is not None:
-            x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         # Tokens in row-major order, channels last: (B, L, D). The four scan directions are
         # orders of visiting these positions (pdd.teachers.cross_scan), never separate copies.
-        u = F.silu(x).reshape(batch, height * width, inner)
+        u = self._conv_silu(x).reshape(batch, height * width, inner)
         # x_proj of all four directions as one GEMM (an einsum here becomes a slower bmm).
         x_dbl = conv_backend.linear(u, self.x_proj_weight.reshape(-1, inner))
         x_dbl = x_dbl.view(batch, height * width, k, -1)
-        dt_low, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=3)
+        dt_low, Bs, Cs = torch.split(
+            x_dbl, [self.rank, self.d_state, self.d_state], dim=3
+        )
         scan_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = cross_selective_scan(
             u,
@@ -194,6 +198,18 @@ class SS2D(nn.Module):
         )
         y = self.out_norm(y).view(batch, height, width, inner)
         return self.out_proj(y * F.silu(z))
+
+    def _conv_silu(self, x: Tensor) -> Tensor:
+        """``silu(conv2d(x))`` on BHWC; at CPU inference one prepacked oneDNN call (``swish``)."""
+        if self.conv2d is None:
+            return F.silu(x)
+        image = x.permute(0, 3, 1, 2)
+        if usable(image, self.conv2d):
+            conv = self._packs.plan(
+                self.conv2d, image, lambda size: FoldedConv(self.conv2d, None, size)
+            )
+            return conv(image, "swish").permute(0, 2, 3, 1)
+        return F.silu(self.conv2d(image).permute(0, 2, 3, 1))
 
 
 class VSSBlock(nn.Module):
@@ -220,7 +236,9 @@ def _stage_dims(dims: int | Sequence[int], stages: int) -> list[int]:
         return [dims * 2**i for i in range(stages)]
     dims = [int(d) for d in dims]
     if len(dims) != stages:
-        raise ConfigError(f"vmamba: dims has {len(dims)} entries but depths has {stages}")
+        raise ConfigError(
+            f"vmamba: dims has {len(dims)} entries but depths has {stages}"
+        )
     return dims
 
 
@@ -250,7 +268,9 @@ class VMambaBackbone(nn.Module):
         dims = _stage_dims(cfg["dims"], len(depths))
         conv = int(cfg["ssm_conv"])
         if conv < 1 or conv % 2 == 0:
-            raise ConfigError(f"vmamba: ssm_conv must be an odd kernel size >= 1, got {conv}")
+            raise ConfigError(
+                f"vmamba: ssm_conv must be an odd kernel size >= 1, got {conv}"
+            )
         dt_rank = cfg["ssm_dt_rank"]
         if dt_rank != "auto" and (not isinstance(dt_rank, int) or dt_rank < 1):
             raise ConfigError(
@@ -270,7 +290,9 @@ class VMambaBackbone(nn.Module):
         )
         self._multiple = self.patch_size * 2 ** (len(dims) - 1)
         self.patch_embed = nn.Sequential(
-            nn.Conv2d(int(cfg["in_chans"]), dims[0], self.patch_size, stride=self.patch_size),
+            nn.Conv2d(
+                int(cfg["in_chans"]), dims[0], self.patch_size, stride=self.patch_size
+            ),
             _ChannelsLast(),
             nn.LayerNorm(dims[0]) if cfg["patch_norm"] else nn.Identity(),
         )

@@ -24,8 +24,9 @@ size (so the file's content, the preprocessing and the image size are all in it:
 computed in the data loader), and of the *context*: every teacher's identity (name, weights
 SHA-256 or random seed + fingerprint, options), the levels the model reads, the storage dtype
 (bfloat16 and float32 entries never mix), the device type, the autocast dtype, the torch version
-``PDD_CPU_KERNEL`` (the fused scan's rounding differs from PyTorch's) and whether convolutions
-may run prepacked (``pdd.packed_convs``, whose BatchNorm folding rounds differently). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
+``PDD_CPU_KERNEL`` (the fused scan's rounding differs from PyTorch's), whether convolutions
+may run prepacked (``pdd.packed_convs``, whose BatchNorm folding rounds differently) and the
+teachers' ``ARITHMETIC_REVISION`` (a release that rounds differently does not read older entries). Only the levels the model reads are stored (RD4AD: Wide-ResNet levels 1-3).
 
 Stores (``--feature-cache``):
 
@@ -72,7 +73,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pdd import packed_convs
+from pdd import packed_convs, teachers
 from pdd.config.schema import FEATURE_CACHE_DTYPES as DTYPES
 from pdd.errors import ConfigError
 
@@ -547,6 +548,7 @@ class FeatureCache:
                 "torch": torch.__version__,
                 "cpu_kernel": os.environ.get("PDD_CPU_KERNEL", "auto"),
                 "packed_convs": packed_convs.enabled(),
+                "teacher_arithmetic": teachers.ARITHMETIC_REVISION,
             },
             sort_keys=True,
         )
