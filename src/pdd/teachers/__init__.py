@@ -34,8 +34,8 @@ __all__ = [
 ARITHMETIC_REVISION = 2
 """Bumped whenever a teacher's forward changes how it rounds (operations fused, reordered or
 folded) for the same weights and input: stored teacher features made by another revision are
-never served (``pdd.training.feature_cache``). 2: VMamba's in_proj as two halves, its depthwise conv + SiLU as one
-oneDNN call."""
+never served (``pdd.training.feature_cache``). 2: VMamba's in_proj as two halves, its depthwise
+conv + SiLU as one oneDNN call."""
 
 # How many offending keys an error message lists before "(+N more)".
 _KEYS_SHOWN = 5
