@@ -25,9 +25,7 @@ HEADCT_ENV = "PDD_HEADCT_DIR"
 REQUIRE_HEADCT_ENV = "PDD_REQUIRE_HEADCT"
 
 
-_WORKER_MEMORY_GB = (
-    4  # a worker's peak resident memory was 3.2 GB (2 workers, 6.5 GB in all)
-)
+_WORKER_MEMORY_GB = 4  # a worker's peak resident memory was 3.2 GB (2 workers, 6.5 GB in all)
 
 
 def _available_memory_gb() -> float | None:
@@ -78,9 +76,7 @@ def find_headct() -> tuple[Path | None, str]:
     Returns ``(folder, "")`` when it holds ``labels.csv``, else ``(None, reason)``.
     """
     explicit = os.environ.get(HEADCT_ENV)
-    root = (
-        Path(explicit) if explicit else REPO_ROOT.parent / "shared" / "data" / "headct"
-    )
+    root = Path(explicit) if explicit else REPO_ROOT.parent / "shared" / "data" / "headct"
     if (root / "labels.csv").is_file():
         return root, ""
     where = f"${HEADCT_ENV}={explicit}" if explicit else f"{root} (beside the clone)"
@@ -185,9 +181,7 @@ def _memory_released_after_each_module() -> Iterator[None]:
 # highest or left the most memory behind (Linux): how to find what holds memory across tests
 # without running the whole suite. ``-n 0``: in one process (parallel workers keep their rows).
 MEMORY_REPORT_ENV = "PDD_TEST_MEMORY"
-_memory_rows: list[
-    tuple[str, int, int, int]
-] = []  # (test id, RSS before, peak, RSS after) in MB
+_memory_rows: list[tuple[str, int, int, int]] = []  # (test id, RSS before, peak, RSS after) in MB
 
 
 def _status_mb(field: str) -> int:
@@ -219,14 +213,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         by_file.setdefault(row[0].split("::")[0], []).append(row)
     write(f"\nmemory per file (MB; {MEMORY_REPORT_ENV}=1): peak, RSS before -> after")
     for name, rows in sorted(by_file.items(), key=lambda kv: -max(r[2] for r in kv[1])):
-        write(
-            f"  {max(r[2] for r in rows):6d}  {rows[0][1]:6d} -> {rows[-1][3]:6d}  {name}"
-        )
+        write(f"  {max(r[2] for r in rows):6d}  {rows[0][1]:6d} -> {rows[-1][3]:6d}  {name}")
     write("tests with the highest peak (MB): peak, RSS before -> after")
     for nodeid, before, peak, after in sorted(_memory_rows, key=lambda r: -r[2])[:12]:
         write(f"  {peak:6d}  {before:6d} -> {after:6d}  {nodeid}")
     write("tests that left the most behind (MB): growth, RSS before -> after")
-    for nodeid, before, _peak, after in sorted(_memory_rows, key=lambda r: r[1] - r[3])[
-        :8
-    ]:
+    for nodeid, before, _peak, after in sorted(_memory_rows, key=lambda r: r[1] - r[3])[:8]:
         write(f"  {after - before:+6d}  {before:6d} -> {after:6d}  {nodeid}")

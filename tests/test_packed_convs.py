@@ -50,12 +50,8 @@ CONVS = {
     "3x3 stride 2": lambda: nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False),
     "3x3 dilation 2": lambda: nn.Conv2d(16, 24, 3, padding=2, dilation=2, bias=False),
     "1x1 with bias": lambda: nn.Conv2d(16, 24, 1, bias=True),
-    "3x3 depthwise with bias": lambda: nn.Conv2d(
-        16, 16, 3, padding=1, groups=16, bias=True
-    ),
-    "2x2 transposed stride 2": lambda: nn.ConvTranspose2d(
-        16, 24, 2, stride=2, bias=False
-    ),
+    "3x3 depthwise with bias": lambda: nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=True),
+    "2x2 transposed stride 2": lambda: nn.ConvTranspose2d(16, 24, 2, stride=2, bias=False),
 }
 
 
@@ -76,13 +72,9 @@ def test_folded_conv_equals_the_modules_in_float64(
     _check_folded_conv(kind, activation, batchnorm, residual, batch)
 
 
-@pytest.mark.parametrize(
-    "kind", ["3x3 depthwise with bias", "1x1", "2x2 transposed stride 2"]
-)
+@pytest.mark.parametrize("kind", ["3x3 depthwise with bias", "1x1", "2x2 transposed stride 2"])
 @pytest.mark.parametrize("batchnorm", [True, False])
-def test_folded_conv_with_silu_equals_the_modules_in_float64(
-    kind: str, batchnorm: bool
-) -> None:
+def test_folded_conv_with_silu_equals_the_modules_in_float64(kind: str, batchnorm: bool) -> None:
     """silu(BN(conv(x))): VMamba's depthwise conv + SiLU; a residual with SiLU is refused."""
     _check_folded_conv(kind, "swish", batchnorm, residual=False, batch=2)
     conv = CONVS["1x1"]().eval()
@@ -102,11 +94,7 @@ def _check_folded_conv(
         _randomise_batchnorm(bn)
     x = torch.randn(batch, 16, 10, 10).contiguous(memory_format=torch.channels_last)
     out_shape = output_size(conv, list(x.shape))
-    r = (
-        torch.randn(out_shape).contiguous(memory_format=torch.channels_last)
-        if residual
-        else None
-    )
+    r = torch.randn(out_shape).contiguous(memory_format=torch.channels_last) if residual else None
 
     with torch.no_grad():
         reference = conv.double()(x.double())
@@ -181,9 +169,7 @@ def test_a_pack_follows_new_weights_and_statistics() -> None:
     block.load_state_dict(other.state_dict())
     packed, eager = both()
     assert _relative_error(packed, eager) <= TOLERANCE
-    assert _relative_error(first, eager) > 1e-2, (
-        "the new weights should change the output"
-    )
+    assert _relative_error(first, eager) > 1e-2, "the new weights should change the output"
 
     with torch.no_grad():
         block.body[4].running_var.mul_(4.0)  # the transposed conv's BatchNorm
@@ -196,11 +182,7 @@ def test_packs_are_kept_per_batch_class_and_bounded() -> None:
     block = _block("bottleneck")
     with torch.inference_mode():
         for batch in (1, 3, 5, 1):
-            block(
-                torch.randn(batch, 32, 8, 8).contiguous(
-                    memory_format=torch.channels_last
-                )
-            )
+            block(torch.randn(batch, 32, 8, 8).contiguous(memory_format=torch.channels_last))
         assert len(block._packs) == 2
         block(torch.randn(2, 32, 12, 12).contiguous(memory_format=torch.channels_last))
         assert len(block._packs) == packed_convs.MAX_PACKS == 2
@@ -227,9 +209,7 @@ def test_packing_is_not_used_where_it_would_change_more_than_rounding(
         monkeypatch.delenv("PDD_PACKED_CONVS")
         with monkeypatch.context() as patch:
             patch.setattr(packed_convs, "_operators_present", lambda: False)
-            assert not usable(x, block), (
-                "a torch build without oneDNN's fused operators"
-            )
+            assert not usable(x, block), "a torch build without oneDNN's fused operators"
         block.train()
         assert not usable(x, block)
         block.eval()

@@ -22,14 +22,7 @@ from torch import Tensor, nn
 
 from pdd.errors import ConfigError, WeightsError
 
-__all__ = [
-    "ARITHMETIC_REVISION",
-    "TEACHERS",
-    "Teacher",
-    "available",
-    "build",
-    "load_strict",
-]
+__all__ = ["ARITHMETIC_REVISION", "TEACHERS", "Teacher", "available", "build", "load_strict"]
 
 ARITHMETIC_REVISION = 2
 """Bumped whenever a teacher's forward changes how it rounds (operations fused, reordered or

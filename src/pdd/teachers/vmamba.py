@@ -164,9 +164,7 @@ class SS2D(nn.Module):
         )
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_logs.copy_(
-            torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(
-                self.A_logs
-            )
+            torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs)
         )
         self.Ds.fill_(1.0)
 
@@ -183,9 +181,7 @@ class SS2D(nn.Module):
         # x_proj of all four directions as one GEMM (an einsum here becomes a slower bmm).
         x_dbl = conv_backend.linear(u, self.x_proj_weight.reshape(-1, inner))
         x_dbl = x_dbl.view(batch, height * width, k, -1)
-        dt_low, Bs, Cs = torch.split(
-            x_dbl, [self.rank, self.d_state, self.d_state], dim=3
-        )
+        dt_low, Bs, Cs = torch.split(x_dbl, [self.rank, self.d_state, self.d_state], dim=3)
         scan_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = cross_selective_scan(
             u,
@@ -243,9 +239,7 @@ def _stage_dims(dims: int | Sequence[int], stages: int) -> list[int]:
         return [dims * 2**i for i in range(stages)]
     dims = [int(d) for d in dims]
     if len(dims) != stages:
-        raise ConfigError(
-            f"vmamba: dims has {len(dims)} entries but depths has {stages}"
-        )
+        raise ConfigError(f"vmamba: dims has {len(dims)} entries but depths has {stages}")
     return dims
 
 
@@ -275,9 +269,7 @@ class VMambaBackbone(nn.Module):
         dims = _stage_dims(cfg["dims"], len(depths))
         conv = int(cfg["ssm_conv"])
         if conv < 1 or conv % 2 == 0:
-            raise ConfigError(
-                f"vmamba: ssm_conv must be an odd kernel size >= 1, got {conv}"
-            )
+            raise ConfigError(f"vmamba: ssm_conv must be an odd kernel size >= 1, got {conv}")
         dt_rank = cfg["ssm_dt_rank"]
         if dt_rank != "auto" and (not isinstance(dt_rank, int) or dt_rank < 1):
             raise ConfigError(
@@ -297,9 +289,7 @@ class VMambaBackbone(nn.Module):
         )
         self._multiple = self.patch_size * 2 ** (len(dims) - 1)
         self.patch_embed = nn.Sequential(
-            nn.Conv2d(
-                int(cfg["in_chans"]), dims[0], self.patch_size, stride=self.patch_size
-            ),
+            nn.Conv2d(int(cfg["in_chans"]), dims[0], self.patch_size, stride=self.patch_size),
             _ChannelsLast(),
             nn.LayerNorm(dims[0]) if cfg["patch_norm"] else nn.Identity(),
         )
