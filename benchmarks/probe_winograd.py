@@ -1,6 +1,7 @@
 """Where do Winograd 3x3 convolutions pay on this CPU? The measurement behind ``pdd.winograd``.
 
-    python benchmarks/probe_winograd.py [--threads 2] [--repeats 9]
+    python benchmarks/probe_winograd.py [--threads 2] [--repeats 9] [--default-allocator]
+    python benchmarks/probe_winograd.py --whole [--rounds 4]   # the whole pdd forward, on and off
 
 Issue 18's batch-8 goal asks `pdd` to run no slower than anomalib's RD while doing 7 % more
 convolution arithmetic at the same fraction of the GEMM ceiling: only less arithmetic can close
@@ -12,7 +13,13 @@ views, the 16 GEMMs as one ``bmm``) against the prepacked oneDNN convolution wit
 ReLU folded in (``pdd.packed_convs.FoldedConv``), at the 3x3 shapes of Wide-ResNet-50-2's and the
 students' stride-1 blocks (256 px input) and batch 1 and 8, whatever ``pdd.winograd.eligible``
 would choose. Errors are the largest difference from the modules run in float64, over the range
-of their output. The process keeps freed memory as the ``pdd`` command does (``pdd.allocator``).
+of their output. The process keeps freed memory as the ``pdd`` command does (``pdd.allocator``)
+unless ``--default-allocator``.
+
+``--whole`` times the eval forward of a ``pdd`` model (random teachers, 256 px) at batch 1 and 8
+with Winograd where ``eligible`` allows it and with it switched off (``MIN_CHANNELS`` out of
+reach, every pack rebuilt), alternating in ``--rounds`` rounds of ``--repeats`` forwards; the
+ratio is the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -49,11 +56,18 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(threads=2, repeats=9)
+    p.add_argument("--default-allocator", action="store_true", help="glibc as it comes")
+    p.add_argument("--whole", action="store_true", help="the whole pdd forward, on and off")
+    p.add_argument("--rounds", type=int, default=4, help="--whole: alternating rounds")
     args = p.parse_args()
     setup(args)
-    allocator.keep_freed_memory()  # as the pdd command does: no fresh pages for each call's buffers
+    if not args.default_allocator:
+        allocator.keep_freed_memory()  # as the pdd command does: no fresh pages for each buffer
     torch.manual_seed(0)
     print(f"{machine(torch.device('cpu'))}; start: {load_average()}")
+    if args.whole:
+        _whole_forward(args.rounds, min(args.repeats, 4))
+        return
     rows = []
     for batch in BATCHES:
         for channels, grid in SHAPES:
@@ -96,6 +110,39 @@ def main() -> None:
             rows,
         )
     )
+
+
+def _whole_forward(rounds: int, repeats: int) -> None:
+    """The pdd eval forward with Winograd where eligible against none, alternating."""
+    import pdd
+    from pdd import winograd
+
+    model = pdd.create_model("pdd", teachers="random", image_size=256).eval()
+    threshold = winograd.MIN_CHANNELS
+
+    def per_image(on: bool, x: Tensor) -> float:
+        winograd.MIN_CHANNELS = threshold if on else 1 << 30
+        for module in model.modules():
+            if hasattr(module, "_packs"):
+                module._packs.clear()
+        with torch.no_grad():
+            return _median_ms(lambda: model(x), repeats) / len(x)
+
+    rows = []
+    for batch in BATCHES:
+        x = torch.randn(batch, 3, 256, 256)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for on in (False, True):
+                times[on].append(per_image(on, x))
+        ratios = [w / d for w, d in zip(times[True], times[False], strict=True)]
+        medians = [statistics.median(times[on]) for on in (False, True)]
+        cells = [f"{m:.1f}" for m in medians] + [f"{statistics.median(ratios):.3f}"]
+        rows.append([batch, *cells, " / ".join(f"{r:.3f}" for r in ratios)])
+    winograd.MIN_CHANNELS = threshold
+    print(f"end: {load_average()}\n")
+    headers = ["batch", "without, ms/image", "with Winograd, ms/image", "ratio", "rounds"]
+    print(table(headers, rows))
 
 
 def _relative_error(actual: Tensor, reference: Tensor) -> float:

@@ -15,9 +15,9 @@ tensors, the module in eval mode, no autograd graph recorded, no autocast, oneDN
 enabled, and not switched off (``PDD_PACKED_CONVS=0``, or ``disabled()``). The results differ from
 the eager modules' by float32 rounding (a few 1e-6 of a feature's range).
 
-In a residual block the middle 3x3 convolution, when it is wide (256 channels or more), the
-batch above 1 and the tiles many, runs instead as Winograd F(2x2, 3x3) (``pdd.winograd``): fewer multiplies, where
-the measured time says they repay its transforms.
+In a residual block the middle 3x3 convolution runs instead as Winograd F(2x2, 3x3)
+(``pdd.winograd``) where its fewer multiplies were measured to repay its transforms: 256 channels
+or more, 64 tiles or more, batches above 1 (``pdd.winograd.eligible``).
 
 oneDNN picks the prepacked layout for the input shape it is told: a pack made for batch 1 runs
 batch 8 1.1x slower than eager, one made for batch 8 runs batch 1 1.6x slower. So each block keeps one pack per
