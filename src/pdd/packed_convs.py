@@ -15,10 +15,6 @@ tensors, the module in eval mode, no autograd graph recorded, no autocast, oneDN
 enabled, and not switched off (``PDD_PACKED_CONVS=0``, or ``disabled()``). The results differ from
 the eager modules' by float32 rounding (a few 1e-6 of a feature's range).
 
-In a residual block the middle 3x3 convolution runs instead as Winograd F(2x2, 3x3)
-(``pdd.winograd``) where its fewer multiplies were measured to repay its transforms: 256 channels
-or more, 64 tiles or more, batches above 1 (``pdd.winograd.eligible``).
-
 oneDNN picks the prepacked layout for the input shape it is told: a pack made for batch 1 runs
 batch 8 1.1x slower than eager, one made for batch 8 runs batch 1 1.6x slower. So each block keeps one pack per
 batch class (1, or more) and grid, at most ``MAX_PACKS``, each a copy of the block's weights in
@@ -38,8 +34,6 @@ from typing import Generic, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from pdd import winograd
 
 __all__ = [
     "MAX_PACKS",
@@ -255,12 +249,10 @@ class PackedResidual:
             raise ValueError(
                 f"a packed residual block has 3 convolutions, got {len(body)}"
             )
-        convs: list[FoldedConv | winograd.WinogradConv] = []
+        convs = []
         size = list(input_size)
         for conv, bn in body:
-            # The middle 3x3 convolution as Winograd where that pays (``pdd.winograd``).
-            fast = len(convs) == 1 and winograd.eligible(conv, size)
-            convs.append(winograd.WinogradConv(conv, bn) if fast else FoldedConv(conv, bn, size))
+            convs.append(FoldedConv(conv, bn, size))
             size = output_size(conv, size)
         self.first, self.middle, self.last = convs
         self.shortcut = None if shortcut is None else FoldedConv(*shortcut, input_size)
