@@ -424,18 +424,18 @@ print("SECONDS", time.perf_counter() - start, time.process_time() - cpu)
 
 @dataclass(frozen=True)
 class ChildSeconds:
-    """A pipeline's seconds: the whole process (parent's clocks) and after its imports (child's)."""
+    """A pipeline's seconds: the whole process (parent's clocks) and, wall only, after its imports
+    (the child's)."""
 
     wall: float
     cpu: float
     wall_after_imports: float
-    cpu_after_imports: float
 
 
 def _child_seconds(
     code: str, args: list[str], threads: int, env: dict[str, str] | None = None
 ) -> ChildSeconds:
-    """Run one pipeline in a fresh process; its own clocks come back as ``SECONDS wall cpu``."""
+    """Run one pipeline in a fresh process; its own wall clock comes back as ``SECONDS wall cpu``."""
     child_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -453,8 +453,7 @@ def _child_seconds(
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise SystemExit(f"error: end-to-end child failed ({done.returncode}): {' | '.join(tail)}")
-    own_wall, own_cpu = lines[-1].split()[1:]
-    return ChildSeconds(wall, cpu, float(own_wall), float(own_cpu))
+    return ChildSeconds(wall, cpu, wall_after_imports=float(lines[-1].split()[1]))
 
 
 def _pdd_checkpoint(work: Path, preset: str) -> Path:
