@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import load_average, machine, parser, setup, table
+from _common import load_average, machine, median_seconds, parser, setup, table
 from torch import Tensor, nn
 
 from pdd import allocator
@@ -92,22 +90,12 @@ def _tile_row_terms(t: Tensor, dim: int, tiles: int) -> list[tuple[Tensor, Tenso
     return [(d[0], d[2], -1), (d[1], d[2], 1), (d[2], d[1], -1), (d[1], d[3], -1)]
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(threads=2, repeats=9)
     p.add_argument("--default-allocator", action="store_true", help="glibc as it comes")
     args = p.parse_args()
-    setup(args)
+    device = setup(args)
     if not args.default_allocator:
         allocator.keep_freed_memory()  # as the pdd command does: no fresh pages for each buffer
     torch.manual_seed(0)
@@ -134,7 +122,7 @@ def main() -> None:
                 times: dict[str, list[float]] = {key: [] for key in paths}
                 for _ in range(3):
                     for key, path in paths.items():
-                        times[key].append(_median_ms(path, args.repeats))
+                        times[key].append(median_seconds(path, device, args.repeats) * 1e3)
             today_ms, wino_ms = (statistics.median(times[key]) / batch for key in paths)
             cells = [f"{today_ms:.2f}", f"{wino_ms:.2f}", f"{wino_ms / today_ms:.2f}"]
             cells += [f"{error:.1e}" for error in errors]
