@@ -1,20 +1,26 @@
-"""Where would Winograd 3x3 convolutions pay on this CPU? A probe; the package does not use it.
+"""Where do Winograd 3x3 convolutions pay on this CPU? The measurement behind ``pdd.winograd``.
 
     python benchmarks/probe_winograd.py [--threads 2] [--repeats 9] [--default-allocator]
+    python benchmarks/probe_winograd.py --whole [--rounds 4] [--min-tiles 64]   # whole forward
 
 Issue 18's batch-8 goal asks `pdd` to run no slower than anomalib's RD while doing 7 % more
 convolution arithmetic at the same fraction of the GEMM ceiling: only less arithmetic can close
 that. Winograd's F(2x2, 3x3) computes a stride-1 3x3 convolution with 16 GEMMs over 4x4 input tiles
 instead of 36 multiplies per 2x2 outputs (2.25x fewer), at the price of transforming the input
 (4x its size) and the output through memory. This script times one such convolution + BatchNorm +
-ReLU, written here with PyTorch operations (tiles as strided views, the 16 GEMMs as one ``bmm``,
-the filter transform in float64 rounded once), against the prepacked oneDNN convolution with its
-BatchNorm and ReLU folded in (``pdd.packed_convs.FoldedConv``), at the 3x3 shapes of
-Wide-ResNet-50-2's and the students' stride-1 blocks (256 px input) and batch 1 and 8. Errors are
-the largest difference from the modules run in float64, over the range of their output. The
-process keeps freed memory as the ``pdd`` command does (``pdd.allocator``) unless
-``--default-allocator``. Why the package does not take it (yet): benchmarks/README.md, "Winograd 3x3
-convolutions".
+ReLU as the package's ``pdd.winograd.WinogradConv`` (written with PyTorch operations: tiles as strided
+views, the 16 GEMMs as one ``bmm``) against the prepacked oneDNN convolution with its BatchNorm and
+ReLU folded in (``pdd.packed_convs.FoldedConv``), at the 3x3 shapes of Wide-ResNet-50-2's and the
+students' stride-1 blocks (256 px input) and batch 1 and 8, whatever ``pdd.winograd.eligible``
+would choose. Errors are the largest difference from the modules run in float64, over the range
+of their output. The process keeps freed memory as the ``pdd`` command does (``pdd.allocator``)
+unless ``--default-allocator``.
+
+``--whole`` times the eval forward of a ``pdd`` model (random teachers, 256 px) at batch 1 and 8
+with Winograd where ``eligible`` allows it and with it switched off (``MIN_CHANNELS`` out of
+reach, every pack rebuilt), alternating in ``--rounds`` rounds of ``--repeats`` forwards; the
+ratio is the median of the rounds' ratios. ``--min-tiles`` changes ``pdd.winograd.MIN_TILES``
+(tiles an image from which a convolution is taken) for the run, to compare rules.
 """
 
 from __future__ import annotations
@@ -27,79 +33,33 @@ import torch.nn.functional as F
 from _common import load_average, machine, median_seconds, parser, setup, table
 from torch import Tensor, nn
 
-from pdd import allocator
+from pdd import allocator, winograd
 from pdd.packed_convs import FoldedConv
+from pdd.winograd import WinogradConv
 
 # (channels in = out, grid) of the stride-1 3x3 convolutions in the pdd forward at 256 px.
 SHAPES = ((128, 64), (256, 32), (512, 16), (1024, 8))
 BATCHES = (8, 1)
 
 
-# F(2x2, 3x3): G is the filter transform; B^T and A^T are applied below as additions.
-_G = torch.tensor(
-    [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64
-)
-
-
-class WinogradConv:
-    """``relu(bn(conv(x)))`` for a 3x3 conv (stride 1, padding 1) as F(2x2, 3x3), on channels-last
-    [B, C, H, W] inputs with H and W even."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        weight = conv.weight.detach().double() * scale.reshape(-1, 1, 1, 1)
-        self.bias = (bn.bias.detach().double() - bn.running_mean.double() * scale).float()
-        out_channels, in_channels = weight.shape[:2]
-        transformed = torch.einsum("xi,kcij,yj->xykc", _G, weight, _G)  # G g G^T
-        self.filter = transformed.reshape(16, out_channels, in_channels).transpose(1, 2)
-        self.filter = self.filter.float().contiguous()
-
-    def __call__(self, x: Tensor) -> Tensor:
-        batch, _, height, width = x.shape
-        rows, cols = height // 2, width // 2
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # [B, H + 2, W + 2, C]
-        channels = padded.shape[3]
-        # B^T d B: along the tile rows into one buffer, then along the columns into the tiles.
-        half = padded.new_empty(4, batch, rows, width + 2, channels)
-        for i, (a, b, sign) in enumerate(_tile_row_terms(padded, 1, rows)):
-            (torch.add if sign > 0 else torch.sub)(a, b, out=half[i])
-        tiles = padded.new_empty(4, 4, batch, rows, cols, channels)
-        for i in range(4):
-            for j, (a, b, sign) in enumerate(_tile_row_terms(half[i], 2, cols)):
-                (torch.add if sign > 0 else torch.sub)(a, b, out=tiles[i, j])
-        m = torch.bmm(tiles.view(16, -1, channels), self.filter)
-        m[5].add_(self.bias)  # tile position (1, 1) reaches every output of its tile once
-        m = m.view(4, 4, batch, rows, cols, -1)
-        # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] along the tile rows, then along the columns.
-        half_out = m.new_empty(2, 4, batch, rows, cols, m.shape[-1])
-        torch.add(m[0], m[1], out=half_out[0]).add_(m[2])
-        torch.sub(m[1], m[2], out=half_out[1]).sub_(m[3])
-        out = x.new_empty(batch, rows, 2, cols, 2, m.shape[-1])
-        for a in range(2):
-            r = half_out[a]
-            torch.add(r[0], r[1], out=out[:, :, a, :, 0]).add_(r[2])
-            torch.sub(r[1], r[2], out=out[:, :, a, :, 1]).sub_(r[3])
-        return out.view(batch, height, width, -1).relu_().permute(0, 3, 1, 2)
-
-
-def _tile_row_terms(t: Tensor, dim: int, tiles: int) -> list[tuple[Tensor, Tensor, int]]:
-    """The four rows of ``B^T d`` along ``dim`` as (first, second, sign): strided views of ``t``
-    for every 4-wide tile at stride 2, combined as ``first + sign * second``."""
-    step = (slice(None),) * dim + (slice(None, None, 2),)
-    d = [t.narrow(dim, j, 2 * tiles - 1)[step] for j in range(4)]
-    return [(d[0], d[2], -1), (d[1], d[2], 1), (d[2], d[1], -1), (d[1], d[3], -1)]
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(threads=2, repeats=9)
     p.add_argument("--default-allocator", action="store_true", help="glibc as it comes")
+    p.add_argument("--whole", action="store_true", help="the whole pdd forward, on and off")
+    p.add_argument("--rounds", type=int, default=4, help="--whole: alternating rounds")
+    p.add_argument("--min-tiles", type=int, help="--whole: pdd.winograd.MIN_TILES for this run")
     args = p.parse_args()
     device = setup(args)
     if not args.default_allocator:
         allocator.keep_freed_memory()  # as the pdd command does: no fresh pages for each buffer
     torch.manual_seed(0)
     print(f"{machine(torch.device('cpu'))}; start: {load_average()}")
+    if args.whole:
+        if args.min_tiles is not None:
+            winograd.MIN_TILES = args.min_tiles
+        _whole_forward(device, args.rounds, min(args.repeats, 4))
+        return
     rows = []
     for batch in BATCHES:
         for channels, grid in SHAPES:
@@ -112,7 +72,7 @@ def main() -> None:
             x = x.contiguous(memory_format=torch.channels_last)
             paths = {
                 "today": functools.partial(FoldedConv(conv, bn, list(x.shape)), x, "relu"),
-                "winograd": functools.partial(WinogradConv(conv, bn), x),
+                "winograd": functools.partial(WinogradConv(conv, bn), x, "relu"),
             }
             with torch.no_grad():
                 reference = F.relu(bn.double()(conv.double()(x.double())))
@@ -142,6 +102,38 @@ def main() -> None:
             rows,
         )
     )
+
+
+def _whole_forward(device: torch.device, rounds: int, repeats: int) -> None:
+    """The pdd eval forward with Winograd where eligible against none, alternating."""
+    import pdd
+
+    model = pdd.create_model("pdd", teachers="random", image_size=256).eval()
+    threshold = winograd.MIN_CHANNELS
+
+    def per_image(on: bool, x: Tensor) -> float:
+        winograd.MIN_CHANNELS = threshold if on else 1 << 30
+        for module in model.modules():
+            if hasattr(module, "_packs"):
+                module._packs.clear()
+        with torch.no_grad():
+            return median_seconds(lambda: model(x), device, repeats) * 1e3 / len(x)
+
+    rows = []
+    for batch in BATCHES:
+        x = torch.randn(batch, 3, 256, 256)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for on in (False, True):
+                times[on].append(per_image(on, x))
+        ratios = [w / d for w, d in zip(times[True], times[False], strict=True)]
+        medians = [statistics.median(times[on]) for on in (False, True)]
+        cells = [f"{m:.1f}" for m in medians] + [f"{statistics.median(ratios):.3f}"]
+        rows.append([batch, *cells, " / ".join(f"{r:.3f}" for r in ratios)])
+    winograd.MIN_CHANNELS = threshold
+    print(f"end: {load_average()}\n")
+    headers = ["batch", "without, ms/image", "with Winograd, ms/image", "ratio", "rounds"]
+    print(table(headers, rows))
 
 
 def _relative_error(actual: Tensor, reference: Tensor) -> float:

@@ -29,7 +29,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("pdd.errors", "pdd.__version__"),
     ("pdd.fileio", "pdd.cache_root", "pdd.csv_cells", "pdd.pickle_refusal", "pdd.conv_backend", "pdd.finite_output",
-     "pdd.allocator", "pdd.packed_convs"),
+     "pdd.allocator", "pdd.winograd"),
+    ("pdd.packed_convs",),
     ("pdd.config",),
     ("pdd.data", "pdd.teachers"),
     ("pdd.models",),

@@ -15,6 +15,11 @@ tensors, the module in eval mode, no autograd graph recorded, no autocast, oneDN
 enabled, and not switched off (``PDD_PACKED_CONVS=0``, or ``disabled()``). The results differ from
 the eager modules' by float32 rounding (a few 1e-6 of a feature's range).
 
+In a residual block the middle 3x3 convolution runs instead as Winograd F(2x2, 3x3)
+(``pdd.winograd``) where its fewer multiplies were measured to repay its transforms: 256 channels
+or more and 16 tiles an image or more (``pdd.winograd.eligible``). The choice never asks the
+batch, so the plan a block keeps for a batch class does not depend on the batches it saw first.
+
 oneDNN picks the prepacked layout for the input shape it is told: a pack made for batch 1 runs
 batch 8 1.1x slower than eager, one made for batch 8 runs batch 1 1.6x slower. So each block keeps one pack per
 batch class (1, or more) and grid, at most ``MAX_PACKS``, each a copy of the block's weights in
@@ -34,6 +39,8 @@ from typing import Generic, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pdd import winograd
 
 __all__ = [
     "MAX_PACKS",
@@ -249,10 +256,12 @@ class PackedResidual:
             raise ValueError(
                 f"a packed residual block has 3 convolutions, got {len(body)}"
             )
-        convs = []
+        convs: list[FoldedConv | winograd.WinogradConv] = []
         size = list(input_size)
         for conv, bn in body:
-            convs.append(FoldedConv(conv, bn, size))
+            # The middle 3x3 convolution as Winograd where that pays (``pdd.winograd``).
+            fast = len(convs) == 1 and winograd.eligible(conv, size)
+            convs.append(winograd.WinogradConv(conv, bn) if fast else FoldedConv(conv, bn, size))
             size = output_size(conv, size)
         self.first, self.middle, self.last = convs
         self.shortcut = None if shortcut is None else FoldedConv(*shortcut, input_size)

@@ -24,11 +24,12 @@ from pdd.errors import ConfigError, WeightsError
 
 __all__ = ["ARITHMETIC_REVISION", "TEACHERS", "Teacher", "available", "build", "load_strict"]
 
-ARITHMETIC_REVISION = 2
+ARITHMETIC_REVISION = 3
 """Bumped whenever a teacher's forward changes how it rounds (operations fused, reordered or
 folded) for the same weights and input: stored teacher features made by another revision are
 never served (``pdd.training.feature_cache``). 2: VMamba's in_proj as two halves, its depthwise
-conv + SiLU as one oneDNN call."""
+conv + SiLU as one oneDNN call. 3: Wide-ResNet's wide 3x3 convolutions as Winograd F(2x2, 3x3)
+(``pdd.winograd``)."""
 
 # How many offending keys an error message lists before "(+N more)".
 _KEYS_SHOWN = 5

@@ -11,7 +11,8 @@ kept channels-last, the layout oneDNN's convolutions run in without reordering e
 layer4, which runs faster outside oneDNN (``pdd.conv_backend``; benchmarks/README.md, "Against
 anomalib"). At CPU inference every conv + BatchNorm (+ ReLU, + residual) runs instead as one
 prepacked oneDNN convolution (``pdd.packed_convs``), layer4 included: 0.79x the time at batch 1,
-0.95x at batch 8 (benchmarks/README.md, "Prepacked convolutions").
+0.95x at batch 8 (benchmarks/README.md, "Prepacked convolutions"); the wide 3x3 convolutions of
+layer2-4 as Winograd F(2x2, 3x3) (``pdd.winograd``).
 """
 
 from __future__ import annotations
