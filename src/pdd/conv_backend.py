@@ -35,24 +35,29 @@ GEMM_MAX_POSITIONS = 256
 
 
 ONEDNN_MIN_ROWS = 256
-"""Rows (positions x batch) from which ``linear`` runs in oneDNN: below, MKL's GEMM was faster."""
+"""Rows an image (positions) from which ``linear`` runs in oneDNN: below, MKL's GEMM was faster."""
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` without bias, as a oneDNN 1x1 convolution where that is faster.
 
-    Taken for float32 CPU tensors over at least ``ONEDNN_MIN_ROWS`` rows, outside autocast and
-    with oneDNN enabled; everything else (CUDA, float64, bf16 autocast, few rows) is ``F.linear``.
+    Taken for float32 CPU tensors over at least ``ONEDNN_MIN_ROWS`` rows an image, outside
+    autocast and with oneDNN enabled; everything else (CUDA, float64, bf16 autocast, few rows) is
+    ``F.linear``.
     The rows become the height of one channels-last image: a view of ``x`` when its rows are
     contiguous (a strided slice is copied once, as ``F.linear`` would).
     """
     channels = x.shape[-1]
     rows = x.numel() // max(channels, 1)
+    # Decided on one image's rows (every dim but the first and the last; a 2-D input is one
+    # image), never the batch's: the two libraries round differently, and an image's features
+    # must not depend on the batch it comes in.
+    image_rows = rows // x.shape[0] if x.dim() > 2 and x.shape[0] else rows
     if (
         x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
-        or rows < ONEDNN_MIN_ROWS
+        or image_rows < ONEDNN_MIN_ROWS
         or torch.is_autocast_enabled("cpu")
         or not torch.backends.mkldnn.is_available()
         or not torch.backends.mkldnn.enabled

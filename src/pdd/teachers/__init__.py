@@ -29,7 +29,8 @@ ARITHMETIC_REVISION = 3
 folded) for the same weights and input: stored teacher features made by another revision are
 never served (``pdd.training.feature_cache``). 2: VMamba's in_proj as two halves, its depthwise
 conv + SiLU as one oneDNN call. 3: Wide-ResNet's wide 3x3 convolutions as Winograd F(2x2, 3x3)
-(``pdd.winograd``)."""
+(``pdd.winograd``); VMamba's projections choose their library by an image's rows, not the batch's
+(``pdd.conv_backend.linear``)."""
 
 # How many offending keys an error message lists before "(+N more)".
 _KEYS_SHOWN = 5
