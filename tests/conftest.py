@@ -20,6 +20,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # float64_reference, shared by the conv tests
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 HEADCT_ENV = "PDD_HEADCT_DIR"
 REQUIRE_HEADCT_ENV = "PDD_REQUIRE_HEADCT"

@@ -18,6 +18,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from float64_reference import randomise_batchnorm, relative_error
 from torch import Tensor, nn
 
 from pdd import packed_convs
@@ -25,24 +26,6 @@ from pdd.models.blocks import Adapter, Bottleneck, DeBottleneck
 from pdd.packed_convs import FoldedConv, output_size, usable
 
 TOLERANCE = 1e-5  # of the reference's range; float32 rounding of a folded conv is ~1e-6
-
-
-def _randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for layer in module.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            n = layer.num_features
-            layer.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            layer.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-            layer.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            layer.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-
-
-def _relative_error(actual: Tensor, reference: Tensor) -> float:
-    reference = reference.double()
-    scale = float(reference.max() - reference.min())
-    assert scale > 0
-    return float((actual.double() - reference).abs().max()) / scale
 
 
 CONVS = {
@@ -91,7 +74,7 @@ def _check_folded_conv(
     conv = CONVS[kind]().eval()
     bn = nn.BatchNorm2d(conv.out_channels).eval() if batchnorm else None
     if bn is not None:
-        _randomise_batchnorm(bn)
+        randomise_batchnorm(bn)
     x = torch.randn(batch, 16, 10, 10).contiguous(memory_format=torch.channels_last)
     out_shape = output_size(conv, list(x.shape))
     r = torch.randn(out_shape).contiguous(memory_format=torch.channels_last) if residual else None
@@ -110,7 +93,7 @@ def _check_folded_conv(
         actual = folded(x, activation, residual=r)
 
     assert list(actual.shape) == out_shape == list(reference.shape)
-    assert _relative_error(actual, reference) <= TOLERANCE
+    assert relative_error(actual, reference) <= TOLERANCE
 
 
 BLOCKS = {
@@ -126,7 +109,7 @@ BLOCKS = {
 def _block(kind: str) -> nn.Module:
     torch.manual_seed(5)
     block = BLOCKS[kind]().eval()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     return block.to(memory_format=torch.channels_last)
 
 
@@ -145,7 +128,7 @@ def test_packed_blocks_equal_their_modules_in_float64(kind: str, batch: int) -> 
     reference_block = copy.deepcopy(block).double()
     with torch.inference_mode(), packed_convs.disabled():
         reference = reference_block(x.double())
-    assert _relative_error(actual, reference) <= TOLERANCE
+    assert relative_error(actual, reference) <= TOLERANCE
 
 
 def test_a_pack_follows_new_weights_and_statistics() -> None:
@@ -162,19 +145,19 @@ def test_a_pack_follows_new_weights_and_statistics() -> None:
 
     first, _ = both()
     other = _block("de-bottleneck, upsampling")
-    _randomise_batchnorm(other, seed=9)
+    randomise_batchnorm(other, seed=9)
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.5)
     block.load_state_dict(other.state_dict())
     packed, eager = both()
-    assert _relative_error(packed, eager) <= TOLERANCE
-    assert _relative_error(first, eager) > 1e-2, "the new weights should change the output"
+    assert relative_error(packed, eager) <= TOLERANCE
+    assert relative_error(first, eager) > 1e-2, "the new weights should change the output"
 
     with torch.no_grad():
         block.body[4].running_var.mul_(4.0)  # the transposed conv's BatchNorm
     packed, eager = both()
-    assert _relative_error(packed, eager) <= TOLERANCE
+    assert relative_error(packed, eager) <= TOLERANCE
 
 
 def test_packs_are_kept_per_batch_class_and_bounded() -> None:

@@ -18,31 +18,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from float64_reference import randomise_batchnorm, relative_error
+from torch import nn
 
 from pdd import packed_convs, winograd
 from pdd.models.blocks import Bottleneck, DeBottleneck
 from pdd.winograd import WinogradConv, eligible
 
 TOLERANCE = 1e-5  # of the reference's range; the transforms' float32 rounding is ~5e-7
-
-
-def _randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for layer in module.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            n = layer.num_features
-            layer.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            layer.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-            layer.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            layer.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-
-
-def _relative_error(actual: Tensor, reference: Tensor) -> float:
-    reference = reference.double()
-    scale = float(reference.max() - reference.min())
-    assert scale > 0
-    return float((actual.double() - reference).abs().max()) / scale
 
 
 ACTIVATIONS = {"none": lambda t: t, "relu": F.relu, "gelu": F.gelu}
@@ -60,7 +43,7 @@ def test_winograd_conv_equals_the_modules_in_float64(
     conv = nn.Conv2d(16, 24, 3, padding=1, bias=bias).eval()
     bn = nn.BatchNorm2d(24).eval() if batchnorm else None
     if bn is not None:
-        _randomise_batchnorm(bn)
+        randomise_batchnorm(bn)
     x = torch.randn(3, 16, *grid).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         reference = conv.double()(x.double())
@@ -73,7 +56,7 @@ def test_winograd_conv_equals_the_modules_in_float64(
         actual = WinogradConv(conv, bn)(x, activation)
     assert actual.shape == reference.shape
     assert actual.is_contiguous(memory_format=torch.channels_last)
-    assert _relative_error(actual, reference) <= TOLERANCE
+    assert relative_error(actual, reference) <= TOLERANCE
 
 
 def test_winograd_conv_refuses_a_residual_and_unknown_activations() -> None:
@@ -127,7 +110,7 @@ def test_packed_blocks_run_their_middle_conv_as_winograd_where_eligible(kind: st
     The batch-1 plan is built after the batch-4 one, each kept per batch class."""
     torch.manual_seed(5)
     block = BLOCKS[kind]().eval()
-    _randomise_batchnorm(block)
+    randomise_batchnorm(block)
     block = block.to(memory_format=torch.channels_last)
     reference_block = copy.deepcopy(block).double()
     cases = ((4, 8, WinogradConv), (1, 8, WinogradConv), (4, 6, packed_convs.FoldedConv))
@@ -139,7 +122,7 @@ def test_packed_blocks_run_their_middle_conv_as_winograd_where_eligible(kind: st
             with packed_convs.disabled():
                 reference = reference_block(x.double())
         assert isinstance(plan.middle, kind_of_middle)
-        assert _relative_error(actual, reference) <= TOLERANCE
+        assert relative_error(actual, reference) <= TOLERANCE
 
 
 @pytest.mark.parametrize(("channels", "grid"), [(256, 32), (512, 16), (1024, 8)])
@@ -150,7 +133,7 @@ def test_an_image_gets_the_same_bits_alone_and_in_any_batch(channels: int, grid:
     torch.manual_seed(11)
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     bn = nn.BatchNorm2d(channels).eval()
-    _randomise_batchnorm(bn)
+    randomise_batchnorm(bn)
     winograd_conv = WinogradConv(conv, bn)
     images = torch.randn(8, channels, grid, grid).relu_()
     images = images.contiguous(memory_format=torch.channels_last)
