@@ -105,8 +105,8 @@ class WinogradConv:
             for j, (a, b, sign) in enumerate(_tile_row_terms(half[i], 2, cols)):
                 (torch.add if sign > 0 else torch.sub)(a, b, out=tiles[i, j])
         del half
-        # One GEMM over every image's tiles: MKL's sums per row do not depend on the row count
-        # (tests/test_winograd.py asserts an image's bits alone and in batches).
+        # One GEMM over every image's tiles: MKL's sums per row were measured not to depend on the
+        # row count (tests/test_winograd.py asserts an image's bits alone and in batches).
         m = torch.bmm(tiles.view(16, -1, channels), self.filter)
         del tiles
         if self.bias is not None:
