@@ -15,9 +15,9 @@ tensors, the module in eval mode, no autograd graph recorded, no autocast, oneDN
 enabled, and not switched off (``PDD_PACKED_CONVS=0``, or ``disabled()``). The results differ from
 the eager modules' by float32 rounding (a few 1e-6 of a feature's range).
 
-In a residual block the middle 3x3 convolution runs instead as Winograd F(2x2, 3x3)
+In a residual block the middle 3x3 convolution runs instead as Winograd F(4x4, 3x3) or F(2x2, 3x3)
 (``pdd.winograd``) where its fewer multiplies were measured to repay its transforms: 256 channels
-or more and 16 tiles an image or more (``pdd.winograd.eligible``). The choice never asks the
+or more and 16 tiles an image or more (``pdd.winograd.output_tile``). The choice never asks the
 batch, so the plan a block keeps for a batch class does not depend on the batches it saw first.
 
 oneDNN picks the prepacked layout for the input shape it is told: a pack made for batch 1 runs
@@ -260,8 +260,10 @@ class PackedResidual:
         size = list(input_size)
         for conv, bn in body:
             # The middle 3x3 convolution as Winograd where that pays (``pdd.winograd``).
-            fast = len(convs) == 1 and winograd.eligible(conv, size)
-            convs.append(winograd.WinogradConv(conv, bn) if fast else FoldedConv(conv, bn, size))
+            tile = winograd.output_tile(conv, size) if len(convs) == 1 else None
+            convs.append(
+                FoldedConv(conv, bn, size) if tile is None else winograd.WinogradConv(conv, bn, tile)
+            )
             size = output_size(conv, size)
         self.first, self.middle, self.last = convs
         self.shortcut = None if shortcut is None else FoldedConv(*shortcut, input_size)

@@ -3,10 +3,10 @@
 ``pdd test`` must reproduce the scores ``pdd fit`` reported, ``pdd predict --batch-size 1`` those
 of the default batch, and a cached teacher feature the one any other batch would compute. Choices
 between two CPU libraries or algorithms round differently, so each must be decided on one
-image's shape, never on the batch's (``pdd.conv_backend.linear``, ``pdd.winograd.eligible``).
+image's shape, never on the batch's (``pdd.conv_backend.linear``, ``pdd.winograd.output_tile``).
 
 Mutations seen to fail here: ``conv_backend.linear`` deciding on the whole batch's rows (VMamba's
-8x8 stage then switches library at batch 4); ``winograd.eligible`` asking for a batch above 1.
+8x8 stage then switches library at batch 4); ``winograd.output_tile`` asking for a batch above 1.
 At smaller sizes (64 and 128 px) oneDNN's own algorithm for the prior's 1x1 convolutions on 2x2
 and 4x4 grids depends on the batch, which this project does not choose; those sizes are not
 asserted here.
