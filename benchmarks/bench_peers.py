@@ -1,7 +1,8 @@
 """Side by side with anomalib's Reverse Distillation: the model a user would install instead.
 
     python benchmarks/bench_peers.py [--threads 2] [--repeats 5] [--e2e-images 200] [--bf16]
-        [--fit-epochs 3] [--fit-limit N]
+        [--fit-epochs 3] [--fit-limit N] [--e2e-rounds 1]
+    python benchmarks/bench_peers.py --passes --fit-epochs 0 --e2e-rounds 3   # end to end only
     python benchmarks/bench_peers.py --bf16-scores 64     # how far bf16 autocast moves the scores
 
 Needs anomalib in the same environment (the ``bench`` extra: ``pip install -e .[bench]``); without
@@ -26,7 +27,10 @@ runs in this one process with the same inputs and thread count, random-initialis
   fresh process as a user runs it (the ``pdd`` command's entry point with its allocator setting,
   ``pdd.allocator``; again with ``PDD_KEEP_FREED_MEMORY=0``; anomalib as installed, and again with
   glibc told the same through ``MALLOC_MMAP_MAX_``/``MALLOC_TRIM_THRESHOLD_``), on the first
-  ``--e2e-images`` HeadCT images (our scan kernel's one-time build is done before). Two clocks:
+  ``--e2e-images`` HeadCT images (our scan kernel's one-time build is done before, and each stack
+  is imported once in a throwaway process first, so that no pipeline pays for a cold page cache
+  that the next one finds warm). ``--e2e-rounds N`` runs the list N times over and reports each
+  pipeline's median, with the rounds' ratios beside it. Two clocks:
   the whole process as the parent sees it (interpreter start and imports included: what a user
   waits for), and the child's own from after its imports (``pdd.prediction.predict``, which
   imports Lightning, on our side; anomalib's ``Engine`` and model on theirs) to its end, model
@@ -473,12 +477,18 @@ def _pdd_checkpoint(work: Path, preset: str) -> Path:
     return ckpt
 
 
-def _end_to_end(headct: Path, count: int, threads: int) -> str:
+def _end_to_end(headct: Path, count: int, threads: int, rounds: int) -> str:
     source = headct / "head_ct"
     files = sorted(source.glob("*.png"))[:count]
     if not files:
         return f"skip: end-to-end row: no HeadCT images in {source}"
-    runs: list[tuple[str, ChildSeconds | None]] = []
+    try:
+        import anomalib  # noqa: F401
+    except ImportError:
+        have_anomalib = False
+    else:
+        have_anomalib = True
+    runs: dict[str, list[ChildSeconds]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         work = Path(tmp)
         images = work / "images"
@@ -486,49 +496,84 @@ def _end_to_end(headct: Path, count: int, threads: int) -> str:
         for path in files:
             shutil.copy(path, images / path.name)
         checkpoints = {preset: _pdd_checkpoint(work, preset) for preset in E2E_PRESETS}
+        # Each stack's files read once before any clock starts: the first timed process must not
+        # pay for a cold page cache that the next one finds warm.
+        warm_up = ["import pdd.cli, pdd.prediction.predict"]
+        warm_up += ["import anomalib.engine, anomalib.models"] if have_anomalib else []
+        for code in warm_up:
+            subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        pipelines: list[tuple[str, str, Callable[[Path], list[str]], dict[str, str] | None]] = []
         for preset, env in [("pdd", None), ("pdd", {"PDD_KEEP_FREED_MEMORY": "0"}), ("rd4ad", None)]:
-            ckpt = checkpoints[preset]
-            out = work / f"{preset}-{len(runs)}"
-            args = ["predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]
             label = f"pdd predict ({preset} preset, batch 8)"
             if env:
                 label += ", PDD_KEEP_FREED_MEMORY=0"
-            runs.append((label, _child_seconds(_PDD_CHILD, [*args, str(images)], threads, env)))
-        try:
-            import anomalib  # noqa: F401
-        except ImportError:
-            runs.append((ANOMALIB, None))
-        else:
+            ckpt = checkpoints[preset]
+            pipelines.append(
+                (
+                    label,
+                    _PDD_CHILD,
+                    lambda out, ckpt=ckpt: [
+                        "predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress",
+                        str(images),
+                    ],
+                    env,
+                )
+            )  # fmt: skip
+        if have_anomalib:
             for env in (None, GLIBC_KEEP_FREED):
                 label = "anomalib Engine.predict (RD, batch 1)"
                 if env:
                     label += ", glibc told to keep freed memory"
-                root = str(work / f"anomalib-{len(runs)}")
-                runs.append((label, _child_seconds(_ANOMALIB_CHILD, [str(images), root], threads, env)))
+                pipelines.append(
+                    (label, _ANOMALIB_CHILD, lambda out: [str(images), str(out)], env)
+                )
+        for round_index in range(rounds):
+            for number, (label, code, arguments, env) in enumerate(pipelines):
+                out = work / f"run-{round_index}-{number}"
+                seconds = _child_seconds(code, arguments(out), threads, env)
+                runs.setdefault(label, []).append(seconds)
+            print(f"  end to end: round {round_index + 1}/{rounds} done ({load_average()})", flush=True)
     n = len(files)
-    peers = [seconds for label, seconds in runs if label.startswith("anomalib") and seconds]
+    medians = {label: _median_seconds(times) for label, times in runs.items()}
+    peers = [medians[label] for label in medians if label.startswith("anomalib")]
+    reference = runs.get("anomalib Engine.predict (RD, batch 1)")
     rows = []
-    for label, seconds in runs:
-        if seconds is None:
-            rows.append([label, "skipped: anomalib not importable", "", "", "", "", ""])
-            continue
+    for label, seconds in medians.items():
         ours = not label.startswith("anomalib")
-        rows.append([label, *_e2e_cells(n, seconds, peers if ours else [])])
+        row = [label, *_e2e_cells(n, seconds, peers if ours else [])]
+        if rounds > 1:
+            row.append(
+                " / ".join(f"{a.wall / b.wall:.2f}" for a, b in zip(reference, runs[label], strict=True))
+                if ours and reference
+                else ""
+            )
+        rows.append(row)
+    if not have_anomalib:
+        rows.append([ANOMALIB, "skipped: anomalib not importable", "", "", "", "", ""])
+    headers = [
+        "pipeline",
+        "wall s, whole process",
+        "images/s (whole process)",
+        "wall s after imports",
+        "images/s (after imports)",
+        "CPU s, whole process",
+        "images per CPU-second",
+    ]
+    if rounds > 1:
+        headers.append("each round, whole process, vs anomalib as installed")
     return (
-        f"end to end on {n} HeadCT files, each pipeline in its own process ({load_average()});"
-        " images/s as a multiple of anomalib's (default; with the same allocator setting):\n\n"
-        + table(
-            [
-                "pipeline",
-                "wall s, whole process",
-                "images/s (whole process)",
-                "wall s after imports",
-                "images/s (after imports)",
-                "CPU s, whole process",
-                "images per CPU-second",
-            ],
-            rows,
-        )
+        f"end to end on {n} HeadCT files, each pipeline in its own process, median of {rounds}"
+        f" round(s) ({load_average()}); images/s as a multiple of anomalib's (default; with the"
+        " same allocator setting):\n\n" + table(headers, rows)
+    )
+
+
+def _median_seconds(times: list[ChildSeconds]) -> ChildSeconds:
+    """Each clock's median over the rounds."""
+    return ChildSeconds(
+        wall=statistics.median(t.wall for t in times),
+        cpu=statistics.median(t.cpu for t in times),
+        wall_after_imports=statistics.median(t.wall_after_imports for t in times),
     )
 
 
@@ -729,10 +774,16 @@ def main() -> None:
     )
     p.add_argument(
         "--passes",
-        nargs="+",
+        nargs="*",
         choices=list(PASSES),
         default=list(PASSES),
-        help="which passes to time (default: all)",
+        help="which passes to time (default: all; none: no model table)",
+    )
+    p.add_argument(
+        "--e2e-rounds",
+        type=int,
+        default=1,
+        help="times the end-to-end pipelines run, in turn (median reported)",
     )
     p.add_argument(
         "--size", type=int, default=DEFAULT_SIZE, help="input size (smoke tests: 64)"
@@ -764,6 +815,10 @@ def main() -> None:
         help="only compare bf16 with float32 image scores of our presets on N phantoms",
     )
     args = p.parse_args()
+    if args.e2e_rounds < 1:
+        p.error("--e2e-rounds: at least 1")
+    if args.fit_epochs > 0 and "train" not in args.passes:
+        p.error("--fit-epochs: the training rows compare with the train pass (or give 0)")
     if args.fit_epochs == 1:
         p.error(
             "--fit-epochs: a steady-state epoch needs at least 2 (0 skips the training rows)"
@@ -782,6 +837,10 @@ def main() -> None:
     print(f"start: {load_average()}", flush=True)
     if args.bf16_scores:
         print(_bf16_scores(args.presets, args.bf16_scores, args.size))
+        return
+    if not args.passes:
+        if args.e2e_images > 0:
+            print(_end_to_end(args.headct, args.e2e_images, args.threads, args.e2e_rounds))
         return
     torch.manual_seed(0)
     images = torch.randn(max(BATCHES), 3, args.size, args.size)
@@ -815,7 +874,7 @@ def main() -> None:
     gc.collect()
     if args.e2e_images > 0:
         print()
-        print(_end_to_end(args.headct, args.e2e_images, args.threads))
+        print(_end_to_end(args.headct, args.e2e_images, args.threads, args.e2e_rounds))
     if args.fit_epochs > 0:
         print()
         print(_training_epochs(args, reference_step, gflop, ceiling))
