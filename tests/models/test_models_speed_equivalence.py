@@ -50,16 +50,16 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def phantoms() -> Tensor:
+def _phantom_batch(size: int) -> Tensor:
     """Two normal phantoms and one with a lesion, as the model sees them."""
     rng = np.random.default_rng(14)
-    images = [
-        make_phantom(rng, SIZE, lesion=lesion)[0] for lesion in (False, False, True)
-    ]
-    return torch.stack(
-        [to_model_input(np.repeat(im[..., None], 3, axis=2), SIZE) for im in images]
-    )
+    images = [make_phantom(rng, size, lesion=lesion)[0] for lesion in (False, False, True)]
+    return torch.stack([to_model_input(np.repeat(im[..., None], 3, axis=2), size) for im in images])
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> Tensor:
+    return _phantom_batch(SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,7 @@ def _reference_cnn_features(
 ) -> list[Tensor]:
     """Layer1..4 from torchvision's Wide-ResNet-50-2 (NCHW, oneDNN defaults) with the teacher's weights."""
     state = {
-        k: v.contiguous()
-        for k, v in model.teachers[CNN_TEACHER].backbone.state_dict().items()
+        k: v.contiguous() for k, v in model.teachers[CNN_TEACHER].backbone.state_dict().items()
     }
     net.load_state_dict(state, strict=False)  # fc stays random and unused
     x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
@@ -162,7 +161,7 @@ def test_fast_path_matches_straightforward_path(
     """Maps and scores of ``model(images)`` equal the reference within 1e-4 of the map range: packed
     (as the models run at CPU inference), and unpacked with the wide small-grid convs on either
     backend (``conv_backend.prefers_gemm``'s two answers)."""
-    from pdd import conv_backend, packed_convs
+    from pdd import conv_backend
 
     if wide_convs == "onednn":
         monkeypatch.setattr(conv_backend, "GEMM_MAX_POSITIONS", 0)
@@ -171,30 +170,73 @@ def test_fast_path_matches_straightforward_path(
             assert conv_backend.prefers_gemm(torch.zeros(len(phantoms), 1, SIZE // 16, SIZE // 16))
     if wide_convs != "packed":
         monkeypatch.setenv("PDD_PACKED_CONVS", "0")
+    errors = _errors_against_reference(preset, pairs_of, phantoms, torchvision_wrn, SIZE)
+    packs = errors.pop("packs")
+    assert (packs > 0) == (wide_convs == "packed")
+    assert errors["map"] <= RELATIVE_TOLERANCE, (
+        f"{preset}: map error {errors['map']:.2e} of the range"
+    )
+    assert errors["score"] <= RELATIVE_TOLERANCE, f"{preset}: score error {errors['score']:.2e}"
+
+
+def test_fast_path_with_winograd_f4x4_matches_straightforward_path(
+    torchvision_wrn: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 128 px the Wide-ResNet's 256@16 convolutions run as Winograd F(4x4, 3x3) (at 64 px no
+    grid has 16 of its tiles), the fast path's least accurate choice (``pdd.winograd``): maps and
+    scores still equal the reference within 1e-4 of the map range."""
+    from pdd import winograd
+
+    chosen: list[int | None] = []
+    choose = winograd.output_tile
+
+    def spy(conv: torch.nn.Module, size: Sequence[int]) -> int | None:
+        chosen.append(choose(conv, size))
+        return chosen[-1]
+
+    monkeypatch.setattr(winograd, "output_tile", spy)
+    size = 2 * SIZE
+    errors = _errors_against_reference(
+        "pdd", _pdd_pairs, _phantom_batch(size), torchvision_wrn, size
+    )
+    assert 4 in chosen and 2 in chosen
+    assert errors["map"] <= RELATIVE_TOLERANCE, f"map error {errors['map']:.2e} of the range"
+    assert errors["score"] <= RELATIVE_TOLERANCE, f"score error {errors['score']:.2e}"
+
+
+def _errors_against_reference(
+    preset: str,
+    pairs_of: Callable[..., list[tuple[Tensor, Tensor]]],
+    images: Tensor,
+    torchvision_wrn: torch.nn.Module,
+    size: int,
+) -> dict[str, float]:
+    """The largest map and score differences of ``model(images)`` from the reference, as fractions
+    of the reference map's range, and how many packed plans the model built."""
+    from pdd import packed_convs
+
     torch.manual_seed(0)
     model = pdd.create_model(
         preset,
         teachers="random",
-        image_size=SIZE,
+        image_size=size,
         teacher_options={SSM_TEACHER: SMALL_VMAMBA},
     ).eval()
     _randomise_batchnorm(model)
     reference_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
-        maps, scores = model(phantoms)
+        maps, scores = model(images)
         packs = sum(len(getattr(m, "_packs", ())) for m in model.modules())
-        assert (packs > 0) == (wide_convs == "packed")
     with torch.inference_mode(), packed_convs.disabled():
         ref_maps, ref_scores = _reference_map(
-            pairs_of(torchvision_wrn, reference_model, phantoms),
-            SIZE,
+            pairs_of(torchvision_wrn, reference_model, images),
+            size,
             model.config["sigma"],
         )
     scale = ref_maps.max() - ref_maps.min()
     assert scale > 0
-    map_error = np.abs(maps.double().numpy() - ref_maps).max() / scale
-    score_error = np.abs(scores.double().numpy() - ref_scores).max() / scale
-    assert map_error <= RELATIVE_TOLERANCE, (
-        f"{preset}: map error {map_error:.2e} of the range"
-    )
-    assert score_error <= RELATIVE_TOLERANCE, f"{preset}: score error {score_error:.2e}"
+    return {
+        "map": float(np.abs(maps.double().numpy() - ref_maps).max() / scale),
+        "score": float(np.abs(scores.double().numpy() - ref_scores).max() / scale),
+        "packs": packs,
+    }
