@@ -6,8 +6,10 @@ statistics, activation), never the transform formulas.
 
 Mutations verified to fail here (each applied to ``src`` and reverted): one sign of the F(2x2)
 input transform flipped (``d[1] + d[3]``); the F(2x2) output transform's second row as
-``m[1] - m[2] + m[3]``; the BatchNorm shift dropped; the bias added at a tile position other
-than (1, 1); ``output_tile`` without its tiles condition (the 6x6 block then runs Winograd), and
+``m[1] - m[2] + m[3]``; in F(4x4), ``d[4] + d[3]`` for ``d[4] - d[3]`` in the input transform,
+row 4's ``alpha=-2`` as ``2``, the output transform's weight 8 as 4, and a 1/5 for a 1/6 in its
+filter transform; the BatchNorm shift dropped; the bias added at a tile position other than
+(1, 1); ``output_tile`` without its tiles condition (the 6x6 block then runs Winograd), and
 with a batch condition again (``batch > 1``: a block's plan, kept per batch class, then depends on
 the batches it saw first); the GEMM run in float64 for a single image (an image's bits then
 depend on its batch).

@@ -15,7 +15,7 @@ transforms (benchmarks/README.md, "Winograd 3x3 convolutions"). The rule never a
 one GEMM over all images sums each row as it does for one image (tests/test_winograd.py holds
 both), so an image's result does not depend on the batch it comes in. F(2x2)'s results are closer
 to float64 than the direct convolution's (about 4e-7 of the output range against 1e-6); F(4x4)'s
-are further (about 5e-6 to 9e-6: its filter transform has thirds, its output transform weights
+are further (about 5e-6 to 9e-6: its filter transform has sixths, its output transform weights
 up to 8).
 """
 
