@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from float64_reference import randomise_batchnorm
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 from torchvision.models import wide_resnet50_2
@@ -134,17 +135,6 @@ def _pdd_pairs(
     return [(s, t) for student in students for s, t in zip(student, f)]
 
 
-def _randomise_batchnorm(model: torch.nn.Module) -> None:
-    generator = torch.Generator().manual_seed(7)
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.BatchNorm2d):
-            n = layer.num_features
-            layer.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
-            layer.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-            layer.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-            layer.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
-
-
 @pytest.mark.parametrize(
     ("preset", "pairs_of"),
     [("rd4ad", _rd4ad_pairs), ("pdd", _pdd_pairs), ("pdd-reference", _pdd_pairs)],
@@ -222,7 +212,7 @@ def _errors_against_reference(
         image_size=size,
         teacher_options={SSM_TEACHER: SMALL_VMAMBA},
     ).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model, seed=7)
     reference_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         maps, scores = model(images)
