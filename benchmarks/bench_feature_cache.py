@@ -12,6 +12,11 @@ evaluation included), the in-memory cache emptied before each so every fit start
 * the steady-state epoch: the median time of epochs 2..N (epoch 1 computes and stores the teacher
   features; every later epoch reads them), per training image, from a callback on the Trainer;
 * the ratio of wall times cached / off (goal: <= 0.65 for ``pdd fit --epochs 5`` on HeadCT at 256 px);
+* what a cache can reach at all: from the ``off`` fit, the teachers' seconds per epoch (timed around
+  the training step's one call into them), the ratio a perfect cache (teachers in epoch 1 only, at
+  no cost) would give, and how fast the rest of an epoch would have to run for ``--goal``, beside
+  the cached step's counted GFLOP per image and what they take at this process's float32 GEMM
+  ceiling (a lower bound for float32 arithmetic);
 * with anomalib installed (``pip install -e .[bench]``), anomalib RD's training step at batch 4 per
   image in the same process (bench_peers.py's model), and each steady-state epoch per image as a
   ratio to it (goals: pdd <= 0.70x, rd4ad <= 0.85x). anomalib's figure is one optimiser step on
@@ -34,6 +39,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +51,49 @@ from lightning.pytorch.callbacks import Callback
 DEFAULT_HEADCT = Path(__file__).resolve().parents[2] / "shared" / "data" / "headct"
 
 
-class EpochClock(Callback):
-    """Wall time and images of every training epoch."""
+class TeacherClock:
+    """Seconds spent in the teachers inside training steps: the work a feature cache can skip.
+
+    Wraps ``feature_cache.teacher_features``, the one function through which a training step
+    reaches the teachers with the cache off and on a cache miss (evaluation calls the model
+    directly and is not counted)."""
 
     def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        from pdd.training import feature_cache, module
+
+        original = feature_cache.teacher_features
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        feature_cache.teacher_features = module.teacher_features = timed
+        try:
+            yield
+        finally:
+            feature_cache.teacher_features = module.teacher_features = original
+
+
+class EpochClock(Callback):
+    """Wall time, images and teacher seconds of every training epoch."""
+
+    def __init__(self, teachers: TeacherClock) -> None:
         self.epochs: list[tuple[float, int]] = []
-        self._start = 0.0
+        self.teacher_seconds: list[float] = []
+        self._teachers = teachers
+        self._start = self._teachers_at_start = 0.0
         self._images = 0
 
     def on_train_epoch_start(self, *args: Any) -> None:
         self._start, self._images = time.perf_counter(), 0
+        self._teachers_at_start = self._teachers.seconds
 
     def on_train_batch_end(
         self, trainer: Any, module: Any, outputs: Any, batch: Any, *args: Any
@@ -62,6 +102,7 @@ class EpochClock(Callback):
 
     def on_train_epoch_end(self, *args: Any) -> None:
         self.epochs.append((time.perf_counter() - self._start, self._images))
+        self.teacher_seconds.append(self._teachers.seconds - self._teachers_at_start)
 
 
 def _fit(
@@ -74,7 +115,8 @@ def _fit(
     from pdd.training import feature_cache, runner
     from pdd.training.options import FitOptions
 
-    clock = EpochClock()
+    teachers = TeacherClock()
+    clock = EpochClock(teachers)
     build = runner.build_trainer
 
     def with_clock(*a: Any, **k: Any) -> Any:
@@ -100,7 +142,7 @@ def _fit(
     )
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), teachers.installed():
             warnings.simplefilter("ignore")
             runner.fit(options)
     finally:
@@ -113,6 +155,9 @@ def _fit(
         "train": metrics["timing"]["train_seconds"],
         "first_epoch": clock.epochs[0][0] if clock.epochs else float("nan"),
         "steady_per_image": statistics.median(steady) if steady else float("nan"),
+        "epoch_seconds": [seconds for seconds, _ in clock.epochs],
+        "teacher_seconds": clock.teacher_seconds,
+        "images": clock.epochs[0][1] if clock.epochs else 0,
         "cache": metrics.get("feature_cache", {}),
         "history": [entry["loss"] for entry in metrics["train_history"]],
         "image_auroc": metrics.get("image_auroc"),
@@ -136,6 +181,104 @@ def _anomalib_step_per_image(size: int, repeats: int) -> float | None:
         if round_index:
             times.append(time.perf_counter() - start)
     return statistics.median(times) / TRAIN_BATCH
+
+
+def _cached_step_gflop(preset: str, size: int) -> tuple[float, int]:
+    """Counted GFLOP per image of one cached training step (the loss from given teacher features,
+    its backward) at the preset's batch, and that batch: convolutions and matmuls only, so the
+    time it takes at the GEMM ceiling is a lower bound on any float32 step doing this arithmetic."""
+    from bench_peers import _gflop
+
+    import pdd
+
+    model = pdd.create_model(preset, teachers="random", image_size=size)
+    batch = int(model.config["train"]["batch_size"])
+    model.train()
+    with torch.no_grad():
+        features = model.teacher_features(torch.randn(batch, 3, size, size))
+    gflop = _gflop(lambda: model.loss_from_features(features)["loss"].backward())
+    return gflop / batch, batch
+
+
+def _gemm_ceiling(repeats: int = 5) -> float:
+    """The best median GFLOP/s of bench_peers' square float32 matmuls, in this process now."""
+    from bench_matmul import square_matmul
+    from bench_peers import GEMM_SIZES
+
+    rates = []
+    for n in GEMM_SIZES:
+        run, flops = square_matmul(n, torch.device("cpu"), torch.float32)
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        rates.append(flops / statistics.median(times) / 1e9)
+    return max(rates)
+
+
+def _what_caching_can_reach(
+    args: argparse.Namespace, results: dict[tuple[str, str], dict[str, Any]]
+) -> str:
+    """Per preset, from its ``off`` fit: the ratio a perfect cache would reach, and how fast the
+    rest of an epoch would have to be for the goal.
+
+    Model of a fit of E epochs over n images: wall = rest + E x (t + c n), with t the teachers'
+    seconds per epoch and c everything else per image and epoch (student forward and backward,
+    optimiser, data), both medians over epochs 2..E; rest is the remainder of the wall time: setup,
+    checkpoints, evaluation and epoch 1's warm-up. A perfect cache runs the teachers in epoch 1
+    only: (rest + t + E c n) / (rest + E t + E c n). With t and rest as measured, that
+    ratio is at most ``goal`` when c <= (t (goal E - 1) - (1 - goal) rest) / (E n (1 - goal)).
+    """
+    ceiling = _gemm_ceiling()
+    rows = []
+    for preset in args.presets:
+        off = results[preset, "off"]
+        cached = next((results[preset, m] for m in args.modes if m != "off"), None)
+        epochs, images = len(off["epoch_seconds"]), off["images"]
+        steady = slice(1, None) if epochs > 1 else slice(None)
+        teachers = statistics.median(off["teacher_seconds"][steady])
+        epoch = statistics.median(off["epoch_seconds"][steady])
+        per_epoch_rest = (epoch - teachers) / images
+        rest = off["wall"] - epochs * epoch
+        perfect = (off["wall"] - (epochs - 1) * teachers) / off["wall"]
+        goal = args.goal
+        needed = (teachers * (goal * epochs - 1) - (1 - goal) * rest) / (
+            epochs * images * (1 - goal)
+        )
+        gflop, batch = _cached_step_gflop(preset, args.image_size)
+        rows.append(
+            [
+                preset,
+                str(epochs),
+                f"{teachers:.1f}",
+                f"{per_epoch_rest * 1e3:.0f}",
+                f"{rest:.1f}",
+                f"{perfect:.2f}",
+                "-" if cached is None else f"{cached['wall'] / off['wall']:.2f}",
+                "-" if cached is None else f"{sum(cached['teacher_seconds'][1:]):.1f}",
+                f"{needed * 1e3:.0f}" if needed > 0 else "none (< 0)",
+                f"{gflop:.1f} (batch {batch})",
+                f"{gflop / ceiling * 1e3:.0f}",
+            ]
+        )
+    return f"\nwhat a cache can reach (float32 GEMM ceiling now: {ceiling:.0f} GFLOP/s):\n" + table(
+        [
+            "preset",
+            "epochs",
+            "teachers, s per epoch (off)",
+            "rest of an epoch, ms/image (off)",
+            "setup, evaluation, warm-up: s",
+            "perfect cache's ratio",
+            "measured ratio",
+            "teachers in the cached fit's epochs 2..E, s",
+            f"rest of an epoch for {args.goal}, ms/image",
+            "cached step, counted GFLOP/image",
+            "that at the ceiling, ms/image",
+        ],
+        rows,
+    )
 
 
 def _limited_split(args: argparse.Namespace, work: Path) -> Path | None:
@@ -162,9 +305,7 @@ def _load() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--data", type=Path, default=DEFAULT_HEADCT, help="dataset folder (HeadCT)"
-    )
+    p.add_argument("--data", type=Path, default=DEFAULT_HEADCT, help="dataset folder (HeadCT)")
     p.add_argument("--format", default="auto")
     p.add_argument("--presets", nargs="+", default=["pdd", "rd4ad"])
     p.add_argument(
@@ -178,6 +319,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="first N images of each set")
     p.add_argument("--anomalib-repeats", type=int, default=5, help="0: skip anomalib")
+    p.add_argument(
+        "--goal", type=float, default=0.65, help="the cached / off wall-time ratio aimed at"
+    )
     p.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -224,9 +368,7 @@ def main() -> None:
                 f"{result['train']:.1f}",
                 f"{result['first_epoch']:.1f}",
                 f"{result['steady_per_image'] * 1e3:.1f}",
-                "-"
-                if reference is None
-                else f"{result['steady_per_image'] / reference:.2f}x",
+                "-" if reference is None else f"{result['steady_per_image'] / reference:.2f}x",
                 "yes" if same else "NO",
                 str(result["cache"].get("mode")),
             ]
@@ -255,6 +397,7 @@ def main() -> None:
             rows,
         )
     )
+    print(_what_caching_can_reach(args, results))
     print(f"after: {_load()}")
 
 
