@@ -89,26 +89,14 @@ class WinogradConv:
         if tile not in _FILTER_TRANSFORMS:
             raise ValueError(f"Winograd output tiles are 2 or 4, got {tile}")
         self.tile = tile
-        weight = conv.weight.detach().double()
         bias = None if conv.bias is None else conv.bias.detach().double()
+        scale = None
         if bn is not None:
             scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-            weight = weight * scale.reshape(-1, 1, 1, 1)
             shift = bn.bias.detach().double() - bn.running_mean.double() * scale
             bias = shift if bias is None else bias * scale + shift
-        dtype = conv.weight.dtype
-        out_channels, in_channels = weight.shape[:2]
-        positions = (tile + 2) ** 2
-        # (positions, C, K): tile position x row of G g G^T, then the GEMM's (C, K) operand.
-        g = _FILTER_TRANSFORMS[tile].to(weight.device)
-        transformed = torch.einsum("xi,kcij,yj->xykc", g, weight, g)
-        self.filter = (
-            transformed.reshape(positions, out_channels, in_channels)
-            .transpose(1, 2)
-            .to(dtype)
-            .contiguous()
-        )
-        self.bias = None if bias is None else bias.to(dtype)
+        self.filter = _transformed_filter(conv.weight.detach(), scale, tile)
+        self.bias = None if bias is None else bias.to(conv.weight.dtype)
 
     def __call__(
         self, x: Tensor, activation: str = "none", residual: Tensor | None = None
@@ -153,6 +141,30 @@ class WinogradConv:
         elif activation == "gelu":
             y = F.gelu(y)
         return y.permute(0, 3, 1, 2)
+
+
+def _transformed_filter(weight: Tensor, scale: Tensor | None, tile: int, chunk: int = 32) -> Tensor:
+    """``G (weight x scale) G^T`` in float64, rounded once to ``weight``'s dtype, laid out as
+    the GEMMs' operands: (positions, C, K), position (x, y) at x (tile + 2) + y.
+
+    Computed a few input channels at a time: a whole 1024-channel filter's float64 temporaries
+    are hundreds of MB, and one einsum over them took 1.5 s of a 256 px ``pdd`` process's first
+    forward (this way 0.3 s; benchmarks/README.md)."""
+    out_channels, in_channels = weight.shape[:2]
+    size = tile + 2
+    g = _FILTER_TRANSFORMS[tile].to(weight.device)
+    by_input = weight.permute(1, 2, 3, 0)  # [C, 3, 3, K]: the output channels innermost
+    out = weight.new_empty(size, size, in_channels, out_channels)
+    for start in range(0, in_channels, chunk):
+        part = by_input[start : start + chunk].double()
+        if scale is not None:
+            part = part * scale  # the BatchNorm folded in, per output channel
+        count = part.shape[0]
+        # G along the filter's rows, then along its columns: [c, x, y, k].
+        rows = torch.matmul(g, part.reshape(count, 3, 3 * out_channels))
+        both = torch.matmul(g, rows.reshape(count, size, 3, out_channels))
+        out[:, :, start : start + count] = both.permute(1, 2, 0, 3)
+    return out.reshape(size * size, in_channels, out_channels)
 
 
 def _tile_views(t: Tensor, dim: int, tiles: int, tile: int) -> list[Tensor]:

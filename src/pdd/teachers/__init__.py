@@ -24,13 +24,15 @@ from pdd.errors import ConfigError, WeightsError
 
 __all__ = ["ARITHMETIC_REVISION", "TEACHERS", "Teacher", "available", "build", "load_strict"]
 
-ARITHMETIC_REVISION = 4
+ARITHMETIC_REVISION = 5
 """Bumped whenever a teacher's forward changes how it rounds (operations fused, reordered or
 folded) for the same weights and input: stored teacher features made by another revision are
 never served (``pdd.training.feature_cache``). 2: VMamba's in_proj as two halves, its depthwise
 conv + SiLU as one oneDNN call. 3: Wide-ResNet's wide 3x3 convolutions as Winograd F(2x2, 3x3)
 (``pdd.winograd``); VMamba's projections choose their library by an image's rows, not the batch's
-(``pdd.conv_backend.linear``). 4: those on grids of 16 4x4 tiles or more as F(4x4, 3x3)."""
+(``pdd.conv_backend.linear``). 4: those on grids of 16 4x4 tiles or more as F(4x4, 3x3). 5: the
+Winograd filters transformed in another order (a value in tens of millions may round the other
+way)."""
 
 # How many offending keys an error message lists before "(+N more)".
 _KEYS_SHOWN = 5
