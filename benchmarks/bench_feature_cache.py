@@ -84,10 +84,10 @@ class TeacherClock:
 class EpochClock(Callback):
     """Wall time, images and teacher seconds of every training epoch."""
 
-    def __init__(self, teachers: TeacherClock) -> None:
+    def __init__(self, teachers: TeacherClock | None = None) -> None:
         self.epochs: list[tuple[float, int]] = []
-        self.teacher_seconds: list[float] = []
-        self._teachers = teachers
+        self.teacher_seconds: list[float] = []  # all 0 unless ``teachers`` is installed
+        self._teachers = teachers or TeacherClock()
         self._start = self._teachers_at_start = 0.0
         self._images = 0
 
@@ -201,21 +201,17 @@ def _cached_step_gflop(preset: str, size: int) -> tuple[float, int]:
 
 
 def _gemm_ceiling(repeats: int = 5) -> float:
-    """The best median GFLOP/s of bench_peers' square float32 matmuls, in this process now."""
-    from bench_matmul import square_matmul
-    from bench_peers import GEMM_SIZES
+    """bench_peers' GEMM ceiling (its square float32 matmuls), timed in this process now."""
+    from bench_peers import _ceiling, _gemms
 
-    rates = []
-    for n in GEMM_SIZES:
-        run, flops = square_matmul(n, torch.device("cpu"), torch.float32)
-        run()
-        times = []
+    gemms = _gemms()
+    for gemm in gemms:
+        gemm.run()  # untimed warm-up
         for _ in range(repeats):
             start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        rates.append(flops / statistics.median(times) / 1e9)
-    return max(rates)
+            gemm.run()
+            gemm.times.append(time.perf_counter() - start)
+    return _ceiling(gemms)[0]
 
 
 def _what_caching_can_reach(
