@@ -12,7 +12,8 @@ filter transform; the BatchNorm shift dropped; the bias added at a tile position
 (1, 1); ``output_tile`` without its tiles condition (the 6x6 block then runs Winograd), and
 with a batch condition again (``batch > 1``: a block's plan, kept per batch class, then depends on
 the batches it saw first); the GEMM run in float64 for a single image (an image's bits then
-depend on its batch).
+depend on its batch); in ``_transformed_filter``, the BatchNorm scale left out, the column
+transform's input flipped, and the last chunk of input channels skipped.
 """
 
 from __future__ import annotations
